@@ -1,0 +1,182 @@
+//! Configuration loading shared by router and model server: a TOML file, then
+//! environment variables with a documented prefix, extracted into a raw
+//! `deny_unknown_fields` struct. Every error names the file, the key path and the
+//! reason, in one line, so a typo fails fast and readably.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read.
+    #[error("{file}: cannot read: {reason}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The file (or an environment override) does not parse into the expected keys
+    /// and types.
+    #[error("{file}: {reason}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// One clause per problem, each naming its key.
+        reason: String,
+    },
+    /// A key parsed but its value is not acceptable.
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted key path, e.g. `arms[1].weight`.
+        key: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A validation error for `key` in `file`.
+    pub fn invalid(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads `path` as TOML, applies environment variables starting with `env_prefix`
+/// (nested keys separated by `__`, e.g. `ABGATE_ROUTER_OVERRIDE__ENABLED=true`), and
+/// extracts `T`.
+pub fn load<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse(path, &text, env_prefix)
+}
+
+/// Like [`load`] but from text already read (`path` is only used in messages).
+pub fn parse<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    env_prefix: &str,
+) -> Result<T, ConfigError> {
+    Figment::new()
+        .merge(Toml::string(text))
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .extract()
+        .map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            reason: describe(e),
+        })
+}
+
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
+            let origin = if from_env {
+                " (from an environment variable)"
+            } else {
+                ""
+            };
+            if e.path.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("key `{}`: {}{origin}", e.path.join("."), e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Resolves `relative` against the directory holding `config_file`, so a config file
+/// can name sibling folders no matter where the process was started.
+pub fn resolve_relative(config_file: &Path, relative: &Path) -> PathBuf {
+    if relative.is_absolute() {
+        return relative.to_path_buf();
+    }
+    config_file
+        .parent()
+        .map(|dir| dir.join(relative))
+        .unwrap_or_else(|| relative.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        listen: String,
+        #[serde(default)]
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(default)]
+        limit: u32,
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = parse::<Raw>(
+            Path::new("x.toml"),
+            "listen = \"a\"\n[inner]\nlimt = 3\n",
+            "ABGATE_TEST_NOPE_",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("x.toml: "), "{msg}");
+        assert!(msg.contains("unknown field: found `limt`"), "{msg}");
+        assert!(msg.contains("key `inner.limt`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let err = parse::<Raw>(
+            Path::new("x.toml"),
+            "listen = \"a\"\n[inner]\nlimit = \"big\"\n",
+            "ABGATE_TEST_NOPE_",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("key `inner.limit`"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_says_cannot_read() {
+        let err = load::<Raw>(Path::new("/nonexistent/abgate.toml"), "X_").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/abgate.toml: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        assert_eq!(
+            resolve_relative(Path::new("config/a.toml"), Path::new("../models/x")),
+            PathBuf::from("config/../models/x")
+        );
+        assert_eq!(
+            resolve_relative(Path::new("config/a.toml"), Path::new("/abs")),
+            PathBuf::from("/abs")
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The HTTP plumbing both servers share: the hyper accept loop with graceful
+//! shutdown and a header-read timeout, body reading under a size limit and a time
+//! limit, the JSON content-type check, and JSON responses.
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use crate::{ApiError, ErrorKind};
+
+/// Boxed error type bodies may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connection-level limits of the serve loop.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// A client must finish sending its request headers within this time.
+    pub header_read_timeout: Duration,
+    /// Requests whose headers exceed this many bytes are answered 431.
+    pub max_header_bytes: usize,
+    /// After shutdown starts, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish for up to `shutdown_grace`, and returns.
+pub async fn serve<H, Fut, B>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!(grace = ?options.shutdown_grace, "drain limit reached, closing remaining connections");
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (the first to arrive).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`. A declared
+/// `Content-Length` over the limit is refused before any byte is read.
+pub async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!("request body not received within {} ms", timeout.as_millis()),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorKind::InvalidInput,
+            format!("could not read request body: {e}"),
+        )),
+    }
+}
+
+/// Accepts `application/json` and `application/*+json` (parameters allowed) and a
+/// missing content type; anything else is a 415.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!(
+                "content type {:?} is not supported; send application/json",
+                value.to_str().unwrap_or("<non-ascii>")
+            ),
+        ))
+    }
+}
+
+/// A response with a JSON body.
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json_bytes(status, bytes),
+        Err(e) => error_response(&ApiError::new(
+            ErrorKind::Internal,
+            format!("could not encode response: {e}"),
+        )),
+    }
+}
+
+/// A response whose body is already-encoded JSON.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The JSON error response for `error`, with its kind's status.
+pub fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+    json_bytes(error.kind.status(), error.to_json())
+}
+
+/// The Prometheus text-format response for `/metrics`.
+pub fn metrics_response(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(ct: Option<&'static str>, len: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        if let Some(len) = len {
+            h.insert(CONTENT_LENGTH, HeaderValue::from_static(len));
+        }
+        h
+    }
+
+    #[test]
+    fn json_content_types_are_accepted_and_others_refused() {
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("application/json; charset=utf-8"),
+            Some("Application/JSON"),
+            Some("application/vnd.api+json"),
+        ] {
+            assert!(require_json(&headers(ok, None)).is_ok(), "{ok:?}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+            let err = require_json(&headers(Some(bad), None)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::UnsupportedMediaType, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_limit_is_refused_before_reading() {
+        let body = Full::new(Bytes::from_static(b"{}"));
+        let err = read_body(&headers(None, Some("5000")), body, 100, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
+    async fn undeclared_body_over_the_limit_is_refused() {
+        let body = Full::new(Bytes::from(vec![b'x'; 101]));
+        let err = read_body(&HeaderMap::new(), body, 100, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::PayloadTooLarge);
+        let ok = read_body(
+            &HeaderMap::new(),
+            Full::new(Bytes::from_static(b"{}")),
+            100,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(ok.ok(), Some(Bytes::from_static(b"{}")));
+    }
+}

@@ -1,0 +1,69 @@
+//! One arm of an abgate experiment: a candle-backed red-wine quality model served
+//! over HTTP, exporting the design contract's metrics under its `variant` label.
+//!
+//! A tour of the crate:
+//!
+//! * [`config`] — `config/<arm>.toml` + `ABGATE_MODEL_*` overrides, validated.
+//! * [`model`] — a model directory (`model.json` + `model.safetensors`): loading,
+//!   checking, and the forward pass.
+//! * [`train`] — the `train` command: candle-nn + AdamW on the UCI red-wine data.
+//! * [`validation`] — `/predict` and `/feedback` bodies into checked values or
+//!   errors that name the field.
+//! * [`inference`] — forward passes on dedicated threads with a bounded queue.
+//! * [`recent`] — prediction ids and the bounded ring of recent predictions.
+//! * [`service`] — the routes.
+//!
+//! [`run`] serves a loaded configuration on a listener until a shutdown future
+//! resolves, so tests start a real server in-process on port 0.
+
+pub mod config;
+pub mod error;
+pub mod inference;
+pub mod model;
+pub mod recent;
+pub mod service;
+pub mod train;
+pub mod validation;
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use config::ServerConfig;
+pub use error::ModelServerError;
+pub use model::Model;
+
+/// Loads the model named by `config` and serves it on `listener` until `shutdown`
+/// resolves; in-flight requests then get `config.shutdown_grace` to finish.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ModelServerError> {
+    let model = Arc::new(Model::load(&config.model_dir)?);
+    let state = service::State::new(config, model)?;
+    let sampler_task = state.system.spawn(state.config.system_sample_interval);
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        variant = %state.config.variant,
+        model_version = %state.model.spec().version,
+        addr = ?addr,
+        "model server listening"
+    );
+    let options = abgate_common::http::ServeOptions {
+        header_read_timeout: state.config.header_timeout,
+        shutdown_grace: state.config.shutdown_grace,
+        ..Default::default()
+    };
+    let handler_state = Arc::clone(&state);
+    abgate_common::http::serve(
+        listener,
+        move |req| service::handle(Arc::clone(&handler_state), req),
+        shutdown,
+        options,
+    )
+    .await;
+    sampler_task.abort();
+    tracing::info!(variant = %state.config.variant, "model server stopped");
+    Ok(())
+}

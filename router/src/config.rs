@@ -1,0 +1,517 @@
+//! The router's configuration: `config/router.toml` (TOML), then `ABGATE_ROUTER_*`
+//! environment variables, read into a raw `deny_unknown_fields` struct and validated
+//! into [`RouterConfig`]. Errors name the file, the key path and the value.
+
+use abgate_common::config::{self, ConfigError};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::assignment::Split;
+
+/// Environment prefix: `ABGATE_ROUTER_FAILOVER=false` overrides `failover`,
+/// `ABGATE_ROUTER_OVERRIDE__TOKEN=s3cret` overrides `override.token`.
+pub const ENV_PREFIX: &str = "ABGATE_ROUTER_";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    #[serde(default = "yes")]
+    failover: bool,
+    #[serde(default = "default_body_limit")]
+    body_limit_bytes: usize,
+    #[serde(default = "default_max_concurrent")]
+    max_concurrent_requests: usize,
+    #[serde(default = "default_grace")]
+    shutdown_grace_ms: u64,
+    experiment: RawExperiment,
+    arms: Vec<RawArm>,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default, rename = "override")]
+    override_: RawOverride,
+    #[serde(default)]
+    client: RawClient,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    #[serde(default = "default_experiment")]
+    name: String,
+    salt: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArm {
+    name: String,
+    url: String,
+    weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
+    pool_idle_timeout_ms: u64,
+    pool_max_idle_per_arm: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout_ms: 250,
+            request_timeout_ms: 5_000,
+            pool_idle_timeout_ms: 30_000,
+            pool_max_idle_per_arm: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    interval_ms: u64,
+    timeout_ms: u64,
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval_ms: 1_000,
+            timeout_ms: 500,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOverride {
+    enabled: bool,
+    token: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawClient {
+    header_timeout_ms: u64,
+    body_timeout_ms: u64,
+}
+
+impl Default for RawClient {
+    fn default() -> Self {
+        RawClient {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    poll_interval_ms: u64,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_max_concurrent() -> usize {
+    4096
+}
+fn default_grace() -> u64 {
+    10_000
+}
+fn default_experiment() -> String {
+    "default".into()
+}
+
+/// A validated router configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// The file it came from (reloads re-read it).
+    pub path: PathBuf,
+    /// Address to listen on (a reload cannot change it).
+    pub listen: SocketAddr,
+    /// Serve an unhealthy arm's users from a healthy arm.
+    pub failover: bool,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// Requests in flight beyond this are shed with 503 `overloaded`.
+    pub max_concurrent_requests: usize,
+    /// In-flight requests get this long to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// Experiment name (informational).
+    pub experiment: String,
+    /// Salt of the assignment hash; changing it reshuffles every user.
+    pub salt: String,
+    /// Arms in config order (the order of their intervals).
+    pub arms: Vec<ArmConfig>,
+    /// Upstream connection settings.
+    pub upstream: UpstreamConfig,
+    /// Active health checking.
+    pub health: HealthConfig,
+    /// `X-Variant` override.
+    pub override_: OverrideConfig,
+    /// Client-side limits.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this time.
+    pub body_timeout: Duration,
+    /// How often the file is checked for changes.
+    pub reload_poll: Duration,
+}
+
+/// One arm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArmConfig {
+    /// Arm name (the `variant` label).
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:6001`.
+    pub url: String,
+    /// Relative weight (>= 0).
+    pub weight: f64,
+    /// Scheme of `url` (http).
+    #[serde(skip)]
+    pub scheme: Scheme,
+    /// Host and port of `url`.
+    #[serde(skip)]
+    pub authority: Authority,
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time for an arm to answer (headers).
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per arm.
+    pub pool_max_idle_per_arm: usize,
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Time between checks of each arm.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive failures that mark an arm down.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark it up again.
+    pub healthy_threshold: u32,
+}
+
+/// `X-Variant` override settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverrideConfig {
+    /// Whether `X-Variant` may force an arm.
+    pub enabled: bool,
+    /// If set, `X-Override-Token` must equal it.
+    pub token: Option<String>,
+}
+
+impl RouterConfig {
+    /// Loads and validates `path`.
+    pub fn load(path: &Path) -> Result<RouterConfig, ConfigError> {
+        let raw: RawConfig = config::load(path, ENV_PREFIX)?;
+        Self::from_raw(path, raw)
+    }
+
+    /// Parses and validates config text (`path` names it in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<RouterConfig, ConfigError> {
+        let raw: RawConfig = config::parse(path, text, ENV_PREFIX)?;
+        Self::from_raw(path, raw)
+    }
+
+    /// Arm weights in config order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.arms.iter().map(|a| a.weight).collect()
+    }
+
+    /// The interval split of the arms (always exists for a validated config).
+    pub fn split(&self) -> Split {
+        Split::new(&self.weights()).unwrap_or_else(|| Split::new(&[1.0]).unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Index of the arm called `name`.
+    pub fn arm_index(&self, name: &str) -> Option<usize> {
+        self.arms.iter().position(|a| a.name == name)
+    }
+
+    fn from_raw(path: &Path, raw: RawConfig) -> Result<RouterConfig, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::invalid(path, key, reason);
+        let listen: SocketAddr = raw.listen.parse().map_err(|e| {
+            invalid("listen", format!("{:?} is not an address like 0.0.0.0:8080 ({e})", raw.listen))
+        })?;
+        if raw.experiment.salt.is_empty() {
+            return Err(invalid("experiment.salt", "must not be empty".into()));
+        }
+        if raw.arms.is_empty() {
+            return Err(invalid("arms", "at least one arm is required".into()));
+        }
+        let mut arms: Vec<ArmConfig> = Vec::with_capacity(raw.arms.len());
+        for (i, arm) in raw.arms.into_iter().enumerate() {
+            if !is_valid_name(&arm.name) {
+                return Err(invalid(
+                    &format!("arms[{i}].name"),
+                    format!("{:?} must be 1-64 characters of letters, digits and `_`", arm.name),
+                ));
+            }
+            if arms.iter().any(|a| a.name == arm.name) {
+                return Err(invalid(
+                    &format!("arms[{i}].name"),
+                    format!("duplicate arm name {:?}", arm.name),
+                ));
+            }
+            if !(arm.weight.is_finite() && arm.weight >= 0.0) {
+                return Err(invalid(
+                    &format!("arms[{i}].weight"),
+                    format!("must be a number >= 0, got {}", arm.weight),
+                ));
+            }
+            let (scheme, authority) = parse_base_url(&arm.url)
+                .map_err(|reason| invalid(&format!("arms[{i}].url"), format!("{:?} {reason}", arm.url)))?;
+            arms.push(ArmConfig {
+                url: arm.url.trim_end_matches('/').to_string(),
+                name: arm.name,
+                weight: arm.weight,
+                scheme,
+                authority,
+            });
+        }
+        if Split::new(&arms.iter().map(|a| a.weight).collect::<Vec<_>>()).is_none() {
+            return Err(invalid(
+                "arms",
+                "every weight is 0; at least one arm must have a positive weight".into(),
+            ));
+        }
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        let upstream = UpstreamConfig {
+            connect_timeout: positive("upstream.connect_timeout_ms", raw.upstream.connect_timeout_ms)?,
+            request_timeout: positive("upstream.request_timeout_ms", raw.upstream.request_timeout_ms)?,
+            pool_idle_timeout: positive("upstream.pool_idle_timeout_ms", raw.upstream.pool_idle_timeout_ms)?,
+            pool_max_idle_per_arm: raw.upstream.pool_max_idle_per_arm,
+        };
+        let health = HealthConfig {
+            interval: positive("health.interval_ms", raw.health.interval_ms)?,
+            timeout: positive("health.timeout_ms", raw.health.timeout_ms)?,
+            unhealthy_threshold: positive("health.unhealthy_threshold", u64::from(raw.health.unhealthy_threshold))
+                .map(|_| raw.health.unhealthy_threshold)?,
+            healthy_threshold: positive("health.healthy_threshold", u64::from(raw.health.healthy_threshold))
+                .map(|_| raw.health.healthy_threshold)?,
+        };
+        if raw.body_limit_bytes == 0 {
+            return Err(invalid("body_limit_bytes", "must be at least 1".into()));
+        }
+        if raw.max_concurrent_requests == 0 {
+            return Err(invalid("max_concurrent_requests", "must be at least 1".into()));
+        }
+        Ok(RouterConfig {
+            path: path.to_path_buf(),
+            listen,
+            failover: raw.failover,
+            body_limit_bytes: raw.body_limit_bytes,
+            max_concurrent_requests: raw.max_concurrent_requests,
+            shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+            experiment: raw.experiment.name,
+            salt: raw.experiment.salt,
+            arms,
+            upstream,
+            health,
+            override_: OverrideConfig {
+                enabled: raw.override_.enabled,
+                token: (!raw.override_.token.is_empty()).then_some(raw.override_.token),
+            },
+            header_timeout: positive("client.header_timeout_ms", raw.client.header_timeout_ms)?,
+            body_timeout: positive("client.body_timeout_ms", raw.client.body_timeout_ms)?,
+            reload_poll: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
+        })
+    }
+}
+
+/// Arm names appear in labels, headers and prediction ids: keep them simple.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn parse_base_url(url: &str) -> Result<(Scheme, Authority), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("is not a URL like http://127.0.0.1:6001 ({e})"))?;
+    let scheme = uri.scheme().cloned().ok_or("has no scheme; use http://host:port")?;
+    if scheme != Scheme::HTTP {
+        return Err("must use http:// (arms are reached over plain HTTP/1.1)".into());
+    }
+    let authority = uri.authority().cloned().ok_or("has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry credentials".into());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("must be a base URL without a path or query".into());
+    }
+    Ok((scheme, authority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const VALID: &str = r#"
+listen = "127.0.0.1:8080"
+failover = true
+
+[experiment]
+name = "wine"
+salt = "wine-2026-11"
+
+[[arms]]
+name = "best_model"
+url = "http://127.0.0.1:6001"
+weight = 90
+
+[[arms]]
+name = "candidate_model"
+url = "http://127.0.0.1:6002/"
+weight = 10
+
+[override]
+enabled = true
+token = "s3cret"
+"#;
+
+    fn parse(text: &str) -> Result<RouterConfig, String> {
+        RouterConfig::parse(Path::new("router.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_valid_fixture_loads_with_defaults() {
+        let c = parse(VALID).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.arms.len(), 2);
+        assert_eq!(c.arms[1].url, "http://127.0.0.1:6002");
+        assert_eq!(c.arms[1].authority.as_str(), "127.0.0.1:6002");
+        assert!((c.split().shares()[1] - 0.1).abs() < 1e-12);
+        assert_eq!(c.health.interval, Duration::from_secs(1));
+        assert_eq!(c.override_.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.body_limit_bytes, 1024 * 1024);
+    }
+
+    fn replace(from: &str, to: &str) -> String {
+        assert!(VALID.contains(from), "fixture lacks {from}");
+        VALID.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_with_its_path() {
+        let err = parse(&replace("failover = true", "failovr = true")).unwrap_err();
+        assert!(err.contains("unknown field: found `failovr`"), "{err}");
+        let err = parse(&replace("token = \"s3cret\"", "tokn = \"x\"")).unwrap_err();
+        assert!(err.contains("key `override.tokn`"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_arm_name_is_rejected() {
+        let err = parse(&replace("name = \"candidate_model\"", "name = \"best_model\"")).unwrap_err();
+        assert_eq!(err, "router.toml: key `arms[1].name`: duplicate arm name \"best_model\"");
+    }
+
+    #[test]
+    fn a_negative_weight_is_rejected() {
+        let err = parse(&replace("weight = 10", "weight = -5")).unwrap_err();
+        assert_eq!(err, "router.toml: key `arms[1].weight`: must be a number >= 0, got -5");
+    }
+
+    #[test]
+    fn all_zero_weights_are_rejected() {
+        let err = parse(&replace("weight = 10", "weight = 0").replacen("weight = 90", "weight = 0", 1)).unwrap_err();
+        assert!(err.starts_with("router.toml: key `arms`: every weight is 0"), "{err}");
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_with_the_value() {
+        for (url, needle) in [
+            ("ftp://127.0.0.1:6002", "must use http://"),
+            ("127.0.0.1:6002", "has no scheme"),
+            ("http://127.0.0.1:6002/predict", "without a path"),
+            ("http://user:pw@127.0.0.1:6002", "credentials"),
+            ("http://exa mple", "is not a URL"),
+        ] {
+            let err = parse(&replace("http://127.0.0.1:6002/", url)).unwrap_err();
+            assert!(err.starts_with("router.toml: key `arms[1].url`"), "{url}: {err}");
+            assert!(err.contains(needle), "{url}: {err}");
+            assert!(err.contains(url), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_arm_name_is_rejected() {
+        let err = parse(&replace("name = \"candidate_model\"", "name = \"candidate-model\"")).unwrap_err();
+        assert!(err.starts_with("router.toml: key `arms[1].name`"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_salt_is_rejected() {
+        let err = parse(&replace("salt = \"wine-2026-11\"", "salt = \"\"")).unwrap_err();
+        assert_eq!(err, "router.toml: key `experiment.salt`: must not be empty");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_rejected() {
+        let err = parse(&replace("127.0.0.1:8080", "localhost")).unwrap_err();
+        assert!(err.starts_with("router.toml: key `listen`"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected() {
+        let err = parse(&format!("{VALID}\n[health]\ninterval_ms = 0\n")).unwrap_err();
+        assert_eq!(err, "router.toml: key `health.interval_ms`: must be at least 1");
+    }
+
+    #[test]
+    fn a_wrong_type_is_rejected_with_its_path() {
+        let err = parse(&replace("weight = 10", "weight = \"ten\"")).unwrap_err();
+        assert!(err.contains("key `arms.1.weight`"), "{err}");
+    }
+
+    #[test]
+    fn no_arms_is_rejected() {
+        let text = "listen = \"127.0.0.1:8080\"\narms = []\n[experiment]\nsalt = \"s\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err, "router.toml: key `arms`: at least one arm is required");
+    }
+}

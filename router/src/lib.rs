@@ -1,0 +1,86 @@
+//! The abgate router: one stable front door that gives every user a sticky arm by a
+//! weighted hash and forwards `/predict` (and `/feedback`) to that arm.
+//!
+//! A tour of the crate:
+//!
+//! * [`assignment`] — the pure assignment function (XXH3 position, weighted
+//!   intervals, failover re-split).
+//! * [`config`] — `config/router.toml` + `ABGATE_ROUTER_*`, validated with key paths.
+//! * [`state`] — the active config (swapped atomically) and what outlives reloads.
+//! * [`upstream`] — the pooled keep-alive client and the forwarded request.
+//! * [`health`] — active and passive arm health.
+//! * [`reload`] — live reload on file change and SIGHUP.
+//! * [`service`] — the routes.
+//! * [`metrics`] — the router's metric families.
+//! * [`check`] — `abgate check`: validate a file and show who would move.
+//! * [`error`] — the error enum and its one mapping to HTTP.
+//!
+//! [`run`] serves on a listener until a shutdown future resolves, so tests start a
+//! real router in-process on port 0.
+
+pub mod assignment;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod reload;
+pub mod service;
+pub mod state;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub use config::RouterConfig;
+pub use error::RouterError;
+pub use state::Router;
+
+/// Serves `config` on `listener` until `shutdown` resolves: checks the arms once,
+/// then serves while health checks, config reloads and the system sampler run in the
+/// background. In-flight requests get `shutdown_grace` to finish.
+pub async fn run(
+    config: RouterConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+    let router = Router::new(config, state::config_hash(&text))?;
+    serve(router, listener, shutdown).await;
+    Ok(())
+}
+
+/// Serves an already-built [`Router`] (tests use this to reach its state).
+pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    health::check_all(&router).await;
+    let tasks = [
+        tokio::spawn(health::run_checks(Arc::clone(&router))),
+        tokio::spawn(reload::watch(Arc::clone(&router))),
+        router.system.spawn(std::time::Duration::from_secs(5)),
+    ];
+    let active = router.active();
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        arms = %active.arms.iter().map(|a| format!("{}={}", a.config.name, a.config.weight)).collect::<Vec<_>>().join(" "),
+        "router listening"
+    );
+    let options = abgate_common::http::ServeOptions {
+        header_read_timeout: active.config.header_timeout,
+        shutdown_grace: active.config.shutdown_grace,
+        ..Default::default()
+    };
+    drop(active);
+    let handler_router = Arc::clone(&router);
+    abgate_common::http::serve(
+        listener,
+        move |req| service::handle(Arc::clone(&handler_router), req),
+        shutdown,
+        options,
+    )
+    .await;
+    for task in tasks {
+        task.abort();
+    }
+    tracing::info!("router stopped");
+}

@@ -1,0 +1,249 @@
+//! The router's shared state: the active configuration (swapped atomically on reload,
+//! so a request sees one consistent version from start to end) and what outlives a
+//! reload: metrics, arm health, reload status.
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use abgate_common::system::SystemSampler;
+
+use crate::assignment::Split;
+use crate::config::{ArmConfig, RouterConfig};
+use crate::error::RouterError;
+use crate::health::ArmHealth;
+use crate::metrics::{ArmSeries, ReloadResult, RouterMetrics, ROUTER};
+use crate::upstream::{build_client, UpstreamClient};
+
+/// One arm of the active configuration.
+pub struct ActiveArm {
+    /// Its configuration.
+    pub config: ArmConfig,
+    /// Its normalized share of users.
+    pub share: f64,
+    /// Its health (shared across reloads).
+    pub health: Arc<ArmHealth>,
+    /// Its pre-resolved series.
+    pub series: ArmSeries,
+}
+
+/// A configuration version in force.
+pub struct Active {
+    /// The validated config.
+    pub config: RouterConfig,
+    /// Interval split of the arms.
+    pub split: Split,
+    /// Weights in config order.
+    pub weights: Vec<f64>,
+    /// Arms in config order.
+    pub arms: Vec<ActiveArm>,
+    /// Pooled client for this version's upstream settings.
+    pub client: UpstreamClient,
+    /// 1 for the config loaded at start, +1 per applied reload.
+    pub version: u64,
+    /// XXH3 of the file text, hex.
+    pub hash: String,
+    /// Unix time it was applied.
+    pub applied_at: f64,
+}
+
+impl Active {
+    /// Arm by name.
+    pub fn arm(&self, name: &str) -> Option<(usize, &ActiveArm)> {
+        self.arms.iter().enumerate().find(|(_, a)| a.config.name == name)
+    }
+
+    /// Health of each arm, in config order.
+    pub fn healthy(&self) -> Vec<bool> {
+        self.arms.iter().map(|a| a.health.is_up()).collect()
+    }
+}
+
+/// The outcome of the last reload attempt, for `/api/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    /// `success`, `failure`, or `null` before any reload.
+    pub result: Option<ReloadResult>,
+    /// Unix time of the attempt.
+    pub at: Option<f64>,
+    /// Why it failed (file, key, reason).
+    pub error: Option<String>,
+}
+
+/// State shared by every request and background task.
+pub struct Router {
+    active: ArcSwap<Active>,
+    /// Metric families.
+    pub metrics: RouterMetrics,
+    health: Mutex<HashMap<(String, String), Arc<ArmHealth>>>,
+    reload_status: Mutex<ReloadStatus>,
+    /// CPU and memory gauges (`variant="router"`).
+    pub system: Arc<SystemSampler>,
+    inflight: AtomicUsize,
+    rejected_hash: Mutex<Option<String>>,
+}
+
+/// Held while a request is in flight; releases its slot on drop.
+pub struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// XXH3 of config text, as the hex `hash` shown by `/api/config`.
+pub fn config_hash(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+impl Router {
+    /// State for `config`, loaded from text whose hash is `hash`.
+    pub fn new(config: RouterConfig, hash: String) -> Result<Arc<Router>, RouterError> {
+        let metrics = RouterMetrics::new()?;
+        let system = SystemSampler::new(
+            metrics.common.cpu_percent.with_label_values(&[ROUTER]),
+            metrics.common.memory_percent.with_label_values(&[ROUTER]),
+        );
+        let router = Router {
+            active: ArcSwap::from_pointee(Active {
+                client: build_client(&config.upstream),
+                split: config.split(),
+                weights: Vec::new(),
+                arms: Vec::new(),
+                config: config.clone(),
+                version: 0,
+                hash: String::new(),
+                applied_at: 0.0,
+            }),
+            metrics,
+            health: Mutex::new(HashMap::new()),
+            reload_status: Mutex::new(ReloadStatus {
+                result: None,
+                at: None,
+                error: None,
+            }),
+            system,
+            inflight: AtomicUsize::new(0),
+            rejected_hash: Mutex::new(None),
+        };
+        router.apply(config, hash);
+        Ok(Arc::new(router))
+    }
+
+    /// The version in force (a cheap reference-counted snapshot).
+    pub fn active(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// Takes a request slot, or `None` at the concurrency limit.
+    pub fn admit(&self, limit: usize) -> Option<Admission<'_>> {
+        let previous = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(&self.inflight);
+        (previous < limit).then_some(admission)
+    }
+
+    /// Swaps in `config` (already validated). Arms keep their health if their name
+    /// and URL are unchanged.
+    pub fn apply(&self, config: RouterConfig, hash: String) {
+        let previous = self.active.load_full();
+        let split = config.split();
+        let shares = split.shares();
+        let mut table = match self.health.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let arms: Vec<ActiveArm> = config
+            .arms
+            .iter()
+            .zip(&shares)
+            .map(|(arm, share)| {
+                let series = self.metrics.arm(&arm.name);
+                series.weight.set(*share);
+                let health = table
+                    .entry((arm.name.clone(), arm.url.clone()))
+                    .or_insert_with(|| ArmHealth::new(&arm.name, series.up.clone()))
+                    .clone();
+                health.set_gauge(series.up.clone());
+                ActiveArm {
+                    config: arm.clone(),
+                    share: *share,
+                    health,
+                    series,
+                }
+            })
+            .collect();
+        table.retain(|(name, url), _| config.arms.iter().any(|a| &a.name == name && &a.url == url));
+        drop(table);
+        for old in &previous.arms {
+            if config.arm_index(&old.config.name).is_none() {
+                self.metrics.forget_arm(&old.config.name);
+            }
+        }
+        let client = if previous.version > 0 && previous.config.upstream == config.upstream {
+            previous.client.clone()
+        } else {
+            build_client(&config.upstream)
+        };
+        self.active.store(Arc::new(Active {
+            weights: config.weights(),
+            split,
+            arms,
+            client,
+            version: previous.version + 1,
+            hash,
+            applied_at: unix_now(),
+            config,
+        }));
+    }
+
+    /// Records a reload outcome in metrics and `/api/config`.
+    pub fn record_reload(&self, result: ReloadResult, error: Option<String>) {
+        let now = unix_now();
+        self.metrics.reload(result, now);
+        if let Ok(mut status) = self.reload_status.lock() {
+            *status = ReloadStatus {
+                result: Some(result),
+                at: Some(now),
+                error,
+            };
+        }
+    }
+
+    /// Remembers the hash of a rejected file so polling reports it once.
+    pub fn remember_rejected(&self, hash: String) {
+        if let Ok(mut h) = self.rejected_hash.lock() {
+            *h = Some(hash);
+        }
+    }
+
+    /// Whether `hash` is the last rejected file's.
+    pub fn was_rejected(&self, hash: &str) -> bool {
+        self.rejected_hash
+            .lock()
+            .map(|h| h.as_deref() == Some(hash))
+            .unwrap_or(false)
+    }
+
+    /// The last reload outcome.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload_status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(ReloadStatus {
+                result: None,
+                at: None,
+                error: None,
+            })
+    }
+}
