@@ -13,7 +13,9 @@
 //! * [`http`] — the hyper serve loop with graceful shutdown, body reading under a limit,
 //!   content-type checks and JSON responses.
 //! * [`feedback`] — the closed set of feedback types.
+//! * [`client`] — a small HTTP client for health checks, the supervisor and tests.
 
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod feedback;

@@ -220,7 +220,7 @@ impl FeatureSchema {
             if !x32.is_finite() {
                 return Err(ApiError::new(
                     ErrorKind::InvalidInput,
-                    format!("`{at}.{name}` = {x} is outside the range the model accepts"),
+                    format!("`{at}.{name}` = {x:e} is outside the range the model accepts"),
                 ));
             }
             out[start + i] = x32;
