@@ -116,23 +116,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Published in the README so analysts can recompute assignments.
-    pub(crate) const VECTORS: [(&str, &str, f64, &str); 6] = [
-        ("user-1", "wine-2026-11", 0.0, ""),
-        ("user-2", "wine-2026-11", 0.0, ""),
-        ("user-3", "wine-2026-11", 0.0, ""),
-        ("alice", "wine-2026-11", 0.0, ""),
-        ("bob", "wine-2026-11", 0.0, ""),
-        ("alice", "another-salt", 0.0, ""),
+    /// Published in the README so analysts can recompute assignments; the positions
+    /// were cross-checked with Python's `xxhash` package (`xxh3_64_intdigest`).
+    const VECTORS: [(&str, &str, f64, &str); 7] = [
+        ("user-1", "wine-2026-11", 0.4990624218605194, "best_model"),
+        ("user-2", "wine-2026-11", 0.0916939719815274, "best_model"),
+        ("user-5", "wine-2026-11", 0.9832860653476126, "candidate_model"),
+        ("user-6", "wine-2026-11", 0.9292143415922973, "candidate_model"),
+        ("alice", "wine-2026-11", 0.2691642935515094, "best_model"),
+        ("bob", "wine-2026-11", 0.7557461218856997, "best_model"),
+        ("alice", "another-salt", 0.4403150342509975, "best_model"),
     ];
 
     #[test]
-    fn print_vectors() {
+    fn pinned_vectors_give_the_published_positions_and_arms_at_90_10() {
         let split = Split::new(&[90.0, 10.0]).unwrap_or_else(|| panic!());
-        for (key, salt, _, _) in VECTORS {
+        for (key, salt, expected, arm) in VECTORS {
             let p = position(salt, key);
-            let arm = ["best_model", "candidate_model"][split.pick(p)];
-            println!("VECTOR {key} {salt} {p:.17} {arm}");
+            assert_eq!(p, expected, "{key} under {salt}");
+            assert_eq!(["best_model", "candidate_model"][split.pick(p)], arm, "{key}");
         }
     }
 

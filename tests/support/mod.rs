@@ -1,0 +1,294 @@
+//! Test harness shared by the integration tests: real model-server processes on free
+//! ports, the router in-process on port 0, stub arms for fault injection.
+#![allow(dead_code)]
+
+use abgate_common::client::{HttpClient, Reply};
+use abgate_router::{Router, RouterConfig};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const FEATURES: &str = r#"{"fixed_acidity": 7.4, "volatile_acidity": 0.7, "citric_acid": 0, "residual_sugar": 1.9, "chlorides": 0.076, "free_sulfur_dioxide": 11, "total_sulfur_dioxide": 34, "density": 0.9978, "ph": 3.51, "sulphates": 0.56, "alcohol": 9.4}"#;
+
+pub fn predict_body() -> String {
+    format!("{{\"features\": {FEATURES}}}")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn abgate() -> &'static str {
+    env!("CARGO_BIN_EXE_abgate")
+}
+
+/// A port nobody listens on right now (bind to 0, read, release). Only used where a
+/// separate process must be told its port up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn client() -> HttpClient {
+    HttpClient::new(Duration::from_secs(15))
+}
+
+/// Polls `url` until it answers 200.
+pub async fn wait_ok(url: &str, within: Duration) {
+    let c = HttpClient::new(Duration::from_secs(1));
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = c.get(url).await {
+            if r.status == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} not ready within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `check` holds.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real `abgate model-server` process, killed on drop.
+pub struct ArmProcess {
+    pub name: String,
+    pub port: u16,
+    pub url: String,
+    child: Option<Child>,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ArmProcess {
+    pub async fn start(arm: &str) -> ArmProcess {
+        Self::start_on(arm, free_port()).await
+    }
+
+    pub async fn start_on(arm: &str, port: u16) -> ArmProcess {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config = dir.path().join(format!("{arm}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "variant = \"{arm}\"\nlisten = \"127.0.0.1:{port}\"\nmodel_dir = \"{}\"\nshutdown_grace_ms = 3000\n",
+                repo().join("models").join(arm).display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut arm_process = ArmProcess {
+            name: arm.to_string(),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+            config,
+            _dir: dir,
+        };
+        arm_process.spawn().await;
+        arm_process
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(abgate())
+            .args(["model-server", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.child = Some(child);
+        wait_ok(&format!("{}/api/health", self.url), Duration::from_secs(30)).await;
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+}
+
+impl Drop for ArmProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Router config text for `arms` (name, url, weight) with test-friendly timings.
+pub fn router_toml(arms: &[(&str, &str, f64)], extra_top: &str, extra_tables: &str) -> String {
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\n{extra_top}\n[experiment]\nname = \"test\"\nsalt = \"wine-2026-11\"\n"
+    );
+    for (name, url, weight) in arms {
+        text.push_str(&format!("[[arms]]\nname = \"{name}\"\nurl = \"{url}\"\nweight = {weight}\n"));
+    }
+    if !extra_tables.contains("[health]") {
+        text.push_str("[health]\ninterval_ms = 200\ntimeout_ms = 300\nunhealthy_threshold = 1\nhealthy_threshold = 1\n");
+    }
+    if !extra_tables.contains("[reload]") {
+        text.push_str("[reload]\npoll_interval_ms = 50\n");
+    }
+    text.push_str(extra_tables);
+    text
+}
+
+/// The router, in-process on port 0, reading its config from a temp file.
+pub struct RouterHandle {
+    pub url: String,
+    pub router: Arc<Router>,
+    pub file: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RouterHandle {
+    pub async fn start(text: &str) -> RouterHandle {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("router.toml");
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let config = RouterConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let router = Router::new(config, abgate_router::state::config_hash(text)).unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = Arc::clone(&router);
+        let done = tokio::spawn(async move {
+            abgate_router::serve(served, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        let handle = RouterHandle { url, router, file, stop: Some(stop), done: Some(done), _dir: dir };
+        // Ready once it answers at all (health may be 503 when every arm is down).
+        let c = HttpClient::new(Duration::from_secs(2));
+        eventually("router answers", Duration::from_secs(10), || {
+            let c = c.clone();
+            let u = format!("{}/api/config", handle.url);
+            async move { c.get(&u).await.is_ok() }
+        })
+        .await;
+        handle
+    }
+
+    /// Replaces the config file atomically (write + rename, as editors do).
+    pub fn rewrite(&self, text: &str) {
+        let tmp = self.file.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, &self.file).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub async fn predict(&self, c: &HttpClient, user: &str) -> Reply {
+        c.post_json(&format!("{}/predict", self.url), &[("x-user-id", user)], predict_body())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn get_json(&self, c: &HttpClient, path: &str) -> serde_json::Value {
+        c.get(&format!("{}{path}", self.url)).await.unwrap_or_else(|e| panic!("{e}")).json()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), d).await;
+        }
+    }
+}
+
+/// The value of a sample in Prometheus text (sum over series matching `labels`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A stub arm for fault injection: healthy `/api/health`, and `/predict` answered by
+/// `behaviour` after `delay`.
+pub struct StubArm {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl StubArm {
+    pub async fn start(delay: Duration, status: StatusCode) -> StubArm {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(abgate_common::http::serve(
+            listener,
+            move |req: Request<Incoming>| async move {
+                if req.uri().path() == "/api/health" {
+                    return Response::new(Full::new(Bytes::from_static(b"{\"status\":\"healthy\"}")));
+                }
+                tokio::time::sleep(delay).await;
+                let mut r = Response::new(Full::new(Bytes::from_static(b"{\"prediction\": 1.0, \"variant\": \"stub\"}")));
+                *r.status_mut() = status;
+                r
+            },
+            async {
+                let _ = stopped.await;
+            },
+            abgate_common::http::ServeOptions { shutdown_grace: Duration::from_millis(100), ..Default::default() },
+        ));
+        StubArm { url, stop: Some(stop) }
+    }
+}
+
+impl Drop for StubArm {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
