@@ -66,7 +66,11 @@ pub async fn run(config_dir: PathBuf) -> Result<(), String> {
     let (stop_router, router_stopping) = watch::channel(false);
     let mut arm_tasks = Vec::new();
     for spec in &arms {
-        arm_tasks.push(tokio::spawn(supervise(exe.clone(), spec.clone(), arms_stopping.clone())));
+        arm_tasks.push(tokio::spawn(supervise(
+            exe.clone(),
+            spec.clone(),
+            arms_stopping.clone(),
+        )));
     }
     let shutdown = abgate_common::http::shutdown_signal();
     tokio::pin!(shutdown);
@@ -123,10 +127,20 @@ fn print_banner(router: &abgate_router::RouterConfig, router_file: &Path, arms: 
     let front = local_url(router.listen);
     println!();
     println!("abgate is up");
-    println!("  router            {front}   (edit {} to move traffic live)", router_file.display());
+    println!(
+        "  router            {front}   (edit {} to move traffic live)",
+        router_file.display()
+    );
     for arm in &router.arms {
-        let managed = if arms.iter().any(|a| a.name == arm.name) { "" } else { "  (not started here)" };
-        println!("  {:<17} {}   weight {}{managed}", arm.name, arm.url, arm.weight);
+        let managed = if arms.iter().any(|a| a.name == arm.name) {
+            ""
+        } else {
+            "  (not started here)"
+        };
+        println!(
+            "  {:<17} {}   weight {}{managed}",
+            arm.name, arm.url, arm.weight
+        );
     }
     println!("try:");
     println!(
@@ -213,7 +227,9 @@ async fn terminate(name: &str, child: &mut Child) {
     }
     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(status) => {
-            let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            let status = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
             tracing::info!(process = %name, %status, "stopped");
         }
         Err(_) => {

@@ -191,7 +191,10 @@ mod tests {
     fn error_kinds_are_client_or_server_errors() {
         for kind in ErrorKind::ALL {
             let status = kind.status();
-            assert!(status.is_client_error() || status.is_server_error(), "{kind}");
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{kind}"
+            );
         }
     }
 

@@ -148,7 +148,10 @@ where
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::new(
             ErrorKind::RequestTimeout,
-            format!("request body not received within {} ms", timeout.as_millis()),
+            format!(
+                "request body not received within {} ms",
+                timeout.as_millis()
+            ),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -173,8 +176,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-    {
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -249,7 +251,11 @@ mod tests {
         ] {
             assert!(require_json(&headers(ok, None)).is_ok(), "{ok:?}");
         }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ] {
             let err = require_json(&headers(Some(bad), None)).unwrap_err();
             assert_eq!(err.kind, ErrorKind::UnsupportedMediaType, "{bad}");
         }
@@ -258,9 +264,14 @@ mod tests {
     #[tokio::test]
     async fn declared_length_over_the_limit_is_refused_before_reading() {
         let body = Full::new(Bytes::from_static(b"{}"));
-        let err = read_body(&headers(None, Some("5000")), body, 100, Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = read_body(
+            &headers(None, Some("5000")),
+            body,
+            100,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::PayloadTooLarge);
     }
 

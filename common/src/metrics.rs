@@ -17,8 +17,8 @@ use crate::{ErrorKind, FeedbackType};
 /// Latency buckets in seconds: the seed's 5 ms – 10 s buckets plus sub-millisecond
 /// resolution below them, because a Rust arm answers in microseconds.
 pub const LATENCY_BUCKETS: [f64; 19] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
-    0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 /// The `endpoint` label value of `predictions_total`.
@@ -126,7 +126,8 @@ impl Metrics {
                 .with_label_values(&[ENDPOINT_PREDICT, variant]),
             duration: self.duration.with_label_values(&[variant]),
             errors: ErrorKind::ALL.map(|k| self.errors.with_label_values(&[variant, k.as_str()])),
-            feedback: FeedbackType::ALL.map(|t| self.feedback.with_label_values(&[variant, t.as_str()])),
+            feedback: FeedbackType::ALL
+                .map(|t| self.feedback.with_label_values(&[variant, t.as_str()])),
         }
     }
 
@@ -293,7 +294,10 @@ mod tests {
         for seed in [
             0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
         ] {
-            assert!(LATENCY_BUCKETS.contains(&seed), "missing seed bucket {seed}");
+            assert!(
+                LATENCY_BUCKETS.contains(&seed),
+                "missing seed bucket {seed}"
+            );
         }
         assert!(LATENCY_BUCKETS.iter().filter(|b| **b < 0.001).count() >= 3);
         assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));

@@ -69,7 +69,10 @@ impl Inference {
                 ))
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ApiError::new(ErrorKind::Internal, "inference threads stopped"))
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    "inference threads stopped",
+                ))
             }
         }
         match answer.await {
@@ -113,7 +116,9 @@ fn worker(model: &Model, rx: &Mutex<Receiver<Job>>, max_batch_rows: usize) {
         }
         if jobs.len() == 1 {
             if let Some(job) = jobs.pop() {
-                let out = model.predict(job.values, job.rows).map_err(|e| e.to_string());
+                let out = model
+                    .predict(job.values, job.rows)
+                    .map_err(|e| e.to_string());
                 let _ = job.reply.send(out);
             }
             continue;

@@ -132,19 +132,28 @@ impl ModelSpec {
         let mut seen = std::collections::HashSet::new();
         for (i, f) in self.features.iter().enumerate() {
             if !seen.insert(f) {
-                return Err(bad(&format!("features[{i}]"), format!("duplicate feature {f:?}")));
+                return Err(bad(
+                    &format!("features[{i}]"),
+                    format!("duplicate feature {f:?}"),
+                ));
             }
         }
         if self.normalization.mean.len() != n {
             return Err(bad(
                 "normalization.mean",
-                format!("has {} values for {n} features", self.normalization.mean.len()),
+                format!(
+                    "has {} values for {n} features",
+                    self.normalization.mean.len()
+                ),
             ));
         }
         if self.normalization.std.len() != n {
             return Err(bad(
                 "normalization.std",
-                format!("has {} values for {n} features", self.normalization.std.len()),
+                format!(
+                    "has {} values for {n} features",
+                    self.normalization.std.len()
+                ),
             ));
         }
         for (i, s) in self.normalization.std.iter().enumerate() {
@@ -173,7 +182,10 @@ impl ModelSpec {
                 ));
             }
             if layer.outputs == 0 {
-                return Err(bad(&format!("layers[{i}].outputs"), "must be at least 1".into()));
+                return Err(bad(
+                    &format!("layers[{i}].outputs"),
+                    "must be at least 1".into(),
+                ));
             }
             width = layer.outputs;
         }
@@ -227,10 +239,11 @@ impl Model {
             });
         }
         let spec_path = dir.join(SPEC_FILE);
-        let text = std::fs::read_to_string(&spec_path).map_err(|e| ModelServerError::ModelFile {
-            path: spec_path.clone(),
-            reason: format!("cannot read: {e}"),
-        })?;
+        let text =
+            std::fs::read_to_string(&spec_path).map_err(|e| ModelServerError::ModelFile {
+                path: spec_path.clone(),
+                reason: format!("cannot read: {e}"),
+            })?;
         let spec: ModelSpec =
             serde_json::from_str(&text).map_err(|e| ModelServerError::ModelFile {
                 path: spec_path.clone(),
@@ -245,12 +258,13 @@ impl Model {
                 reason: "weights file does not exist".into(),
             });
         }
-        let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(
-            |e| ModelServerError::ModelFile {
-                path: weights_path.clone(),
-                reason: format!("not a readable safetensors file: {e}"),
-            },
-        )?;
+        let mut tensors =
+            candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+                ModelServerError::ModelFile {
+                    path: weights_path.clone(),
+                    reason: format!("not a readable safetensors file: {e}"),
+                }
+            })?;
         let layers = Self::take_layers(&spec, &mut tensors, &weights_path)?;
         if let Some(extra) = tensors.keys().min() {
             return Err(ModelServerError::Weights {
@@ -272,16 +286,21 @@ impl Model {
         path: &Path,
     ) -> Result<Vec<(Linear, Activation)>, ModelServerError> {
         let mut take = |name: String, shape: &[usize]| -> Result<Tensor, ModelServerError> {
-            let tensor = tensors.remove(&name).ok_or_else(|| ModelServerError::Weights {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                reason: "missing".into(),
-            })?;
+            let tensor = tensors
+                .remove(&name)
+                .ok_or_else(|| ModelServerError::Weights {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    reason: "missing".into(),
+                })?;
             if tensor.dims() != shape {
                 return Err(ModelServerError::Weights {
                     path: path.to_path_buf(),
                     tensor: name,
-                    reason: format!("has shape {:?}, model.json implies {shape:?}", tensor.dims()),
+                    reason: format!(
+                        "has shape {:?}, model.json implies {shape:?}",
+                        tensor.dims()
+                    ),
                 });
             }
             if tensor.dtype() != candle_core::DType::F32 {
@@ -349,7 +368,10 @@ mod tests {
                 mean: vec![1.0, 10.0],
                 std: vec![2.0, 5.0],
             },
-            target: TargetScaling { mean: 5.0, std: 2.0 },
+            target: TargetScaling {
+                mean: 5.0,
+                std: 2.0,
+            },
             layers: vec![LayerSpec {
                 inputs: 2,
                 outputs: 1,
@@ -397,7 +419,9 @@ mod tests {
     fn inconsistent_specs_are_rejected_with_the_key() {
         type Break = fn(&mut ModelSpec);
         let cases: [(&str, Break); 6] = [
-            ("normalization.mean", |s| s.normalization.mean.pop().map(drop).unwrap_or(())),
+            ("normalization.mean", |s| {
+                s.normalization.mean.pop().map(drop).unwrap_or(())
+            }),
             ("normalization.std[1]", |s| s.normalization.std[1] = 0.0),
             ("layers[0].inputs", |s| s.layers[0].inputs = 3),
             ("layers[0].outputs", |s| s.layers[0].outputs = 2),

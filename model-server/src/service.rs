@@ -1,7 +1,9 @@
 //! The model server's routes: `/predict`, `/feedback`, `/metrics`, `/api/health`,
 //! `/api/metrics`. Every rejection is a JSON error counted under its `error_type`.
 
-use abgate_common::http::{error_response, json_response, metrics_response, read_body, require_json};
+use abgate_common::http::{
+    error_response, json_response, metrics_response, read_body, require_json,
+};
 use abgate_common::metrics::{ArmMetrics, ArmSummary, Metrics};
 use abgate_common::system::SystemSampler;
 use abgate_common::{ApiError, ErrorKind};
@@ -125,7 +127,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
             ErrorKind::NotFound,
             format!("no route {path}; see /api/health"),
         )),
-        Some((_, allowed)) if method != allowed && !(method == Method::HEAD && allowed == Method::GET) => {
+        Some((_, allowed))
+            if method != allowed && !(method == Method::HEAD && allowed == Method::GET) =>
+        {
             let mut response = error_response(&ApiError::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} accepts {allowed} only"),
@@ -180,11 +184,22 @@ async fn predict(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>>
     response
 }
 
-async fn predict_inner(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn predict_inner(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     require_json(req.headers())?;
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.body_limit_bytes, state.config.body_timeout).await?;
-    let rows = state.schema.parse_predict(&body, state.config.max_batch_size)?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.config.body_limit_bytes,
+        state.config.body_timeout,
+    )
+    .await?;
+    let rows = state
+        .schema
+        .parse_predict(&body, state.config.max_batch_size)?;
     let (count, batch) = (rows.count, rows.batch);
     let out = state.inference.predict(rows.values, count).await?;
     state.rows.inc_by(count as u64);
@@ -225,10 +240,19 @@ struct FeedbackAck<'a> {
     absolute_error: Option<f64>,
 }
 
-async fn feedback(state: &State, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn feedback(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     require_json(req.headers())?;
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.body_limit_bytes, state.config.body_timeout).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        state.config.body_limit_bytes,
+        state.config.body_timeout,
+    )
+    .await?;
     let fb = parse_feedback(&body)?;
     let variant = state.config.variant.as_str();
     let lookup = state.recent.lookup(&fb.prediction_id);
@@ -306,8 +330,16 @@ fn health(state: &State) -> Response<Full<Bytes>> {
             },
             uptime_seconds: state.started.elapsed().as_secs_f64(),
             system: SystemInfo {
-                cpu_percent: state.metrics.cpu_percent.with_label_values(&[variant]).get(),
-                memory_percent: state.metrics.memory_percent.with_label_values(&[variant]).get(),
+                cpu_percent: state
+                    .metrics
+                    .cpu_percent
+                    .with_label_values(&[variant])
+                    .get(),
+                memory_percent: state
+                    .metrics
+                    .memory_percent
+                    .with_label_values(&[variant])
+                    .get(),
             },
         },
     )

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelServerError;
 use crate::model::{
-    bias_name, weight_name, Activation, LayerSpec, Model, ModelSpec, Normalization,
-    TargetScaling, TrainingInfo, ValidationInfo, SPEC_FILE, WEIGHTS_FILE,
+    bias_name, weight_name, Activation, LayerSpec, Model, ModelSpec, Normalization, TargetScaling,
+    TrainingInfo, ValidationInfo, SPEC_FILE, WEIGHTS_FILE,
 };
 
 /// Environment prefix for overriding training config keys.
@@ -99,7 +99,10 @@ impl TrainConfig {
             return Err(invalid("learning_rate", "must be a positive number"));
         }
         if !(0.05..=0.5).contains(&self.validation_fraction) {
-            return Err(invalid("validation_fraction", "must be between 0.05 and 0.5"));
+            return Err(invalid(
+                "validation_fraction",
+                "must be between 0.05 and 0.5",
+            ));
         }
         if self.hidden_layers.contains(&0) {
             return Err(invalid("hidden_layers", "every width must be at least 1"));
@@ -169,7 +172,10 @@ impl Dataset {
             rows.push(values[..columns.len()].to_vec());
         }
         if rows.len() < 10 {
-            return Err(bad(0, format!("only {} rows; need at least 10", rows.len())));
+            return Err(bad(
+                0,
+                format!("only {} rows; need at least 10", rows.len()),
+            ));
         }
         Ok(Dataset {
             features: columns,
@@ -233,8 +239,8 @@ pub fn train(
     let train_rows: Vec<&Vec<f32>> = train_idx.iter().map(|&i| &data.rows[i]).collect();
     let (mean, std) = column_stats(&train_rows, width);
     let train_targets: Vec<f32> = train_idx.iter().map(|&i| data.targets[i]).collect();
-    let target_mean = train_targets.iter().map(|t| f64::from(*t)).sum::<f64>()
-        / train_targets.len() as f64;
+    let target_mean =
+        train_targets.iter().map(|t| f64::from(*t)).sum::<f64>() / train_targets.len() as f64;
     let target_std = (train_targets
         .iter()
         .map(|t| (f64::from(*t) - target_mean).powi(2))

@@ -86,7 +86,10 @@ pub fn parse_json(body: &[u8], expected: &str) -> Result<Map<String, Value>, Api
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::new(
             ErrorKind::InvalidInput,
-            format!("request body must be a JSON object, got {}", type_name(&other)),
+            format!(
+                "request body must be a JSON object, got {}",
+                type_name(&other)
+            ),
         )),
         Err(e) => Err(ApiError::new(
             ErrorKind::InvalidJson,
@@ -162,7 +165,10 @@ impl FeatureSchema {
             }
             (None, Some(Value::Array(items))) => {
                 if items.is_empty() {
-                    return Err(ApiError::new(ErrorKind::InvalidBatch, "`instances` is empty"));
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidBatch,
+                        "`instances` is empty",
+                    ));
                 }
                 if items.len() > max_batch {
                     return Err(ApiError::new(
@@ -185,7 +191,10 @@ impl FeatureSchema {
             }
             (None, Some(other)) => Err(ApiError::new(
                 ErrorKind::InvalidInput,
-                format!("`instances` must be an array of objects, got {}", type_name(other)),
+                format!(
+                    "`instances` must be an array of objects, got {}",
+                    type_name(other)
+                ),
             )),
         }
     }
@@ -194,7 +203,10 @@ impl FeatureSchema {
         let Value::Object(row) = row else {
             return Err(ApiError::new(
                 ErrorKind::InvalidInput,
-                format!("`{at}` must be an object of feature name to number, got {}", type_name(row)),
+                format!(
+                    "`{at}` must be an object of feature name to number, got {}",
+                    type_name(row)
+                ),
             ));
         };
         let start = out.len();
@@ -268,9 +280,18 @@ pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
     for (key, value) in &map {
         match key.as_str() {
             "prediction_id" => match value {
-                Value::String(s) if !s.is_empty() && s.len() <= 128 => prediction_id = Some(s.clone()),
-                Value::String(_) => return Err(invalid("`prediction_id` must be 1-128 characters".into())),
-                other => return Err(invalid(format!("`prediction_id` must be a string, got {}", type_name(other)))),
+                Value::String(s) if !s.is_empty() && s.len() <= 128 => {
+                    prediction_id = Some(s.clone())
+                }
+                Value::String(_) => {
+                    return Err(invalid("`prediction_id` must be 1-128 characters".into()))
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "`prediction_id` must be a string, got {}",
+                        type_name(other)
+                    )))
+                }
             },
             "feedback_type" => {
                 let parsed = value.as_str().and_then(FeedbackType::parse);
@@ -287,23 +308,28 @@ pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
             },
             "actual" => match value.as_f64() {
                 Some(a) if a.is_finite() => actual = Some(a),
-                _ => return Err(invalid(format!("`actual` must be a finite number, got {}", type_name(value)))),
+                _ => {
+                    return Err(invalid(format!(
+                        "`actual` must be a finite number, got {}",
+                        type_name(value)
+                    )))
+                }
             },
             // Routing hints the router may leave in the body.
             "variant" | "user_id" => {}
-            other => {
-                return Err(invalid(format!(
-                    "unknown field `{}`; expected `prediction_id`, `feedback_type`, `rating`, `actual`",
-                    truncate(other, 64)
-                )))
-            }
+            other => return Err(invalid(format!(
+                "unknown field `{}`; expected `prediction_id`, `feedback_type`, `rating`, `actual`",
+                truncate(other, 64)
+            ))),
         }
     }
     let prediction_id = prediction_id.ok_or_else(|| invalid("missing `prediction_id`".into()))?;
     let feedback_type = feedback_type.ok_or_else(|| invalid("missing `feedback_type`".into()))?;
     match (feedback_type, rating) {
         (FeedbackType::Rating, None) => {
-            return Err(invalid("`rating` (1-5) is required when `feedback_type` is \"rating\"".into()))
+            return Err(invalid(
+                "`rating` (1-5) is required when `feedback_type` is \"rating\"".into(),
+            ))
         }
         (t, Some(_)) if t != FeedbackType::Rating => {
             return Err(invalid(format!(
@@ -333,10 +359,38 @@ mod tests {
     fn good_payloads_become_rows_in_model_order() {
         let s = schema();
         let cases: [(&str, Rows); 4] = [
-            (r#"{"features": {"ph": 3.5, "alcohol": 9.4}}"#, Rows { values: vec![9.4, 3.5], count: 1, batch: false }),
-            (r#"{"features": {"alcohol": 10, "ph": 3}, "user_id": "u1"}"#, Rows { values: vec![10.0, 3.0], count: 1, batch: false }),
-            (r#"{"features": {"alcohol": -1e3, "ph": 0}, "user_id": 7}"#, Rows { values: vec![-1000.0, 0.0], count: 1, batch: false }),
-            (r#"{"instances": [{"alcohol": 1, "ph": 2}, {"alcohol": 3, "ph": 4}]}"#, Rows { values: vec![1.0, 2.0, 3.0, 4.0], count: 2, batch: true }),
+            (
+                r#"{"features": {"ph": 3.5, "alcohol": 9.4}}"#,
+                Rows {
+                    values: vec![9.4, 3.5],
+                    count: 1,
+                    batch: false,
+                },
+            ),
+            (
+                r#"{"features": {"alcohol": 10, "ph": 3}, "user_id": "u1"}"#,
+                Rows {
+                    values: vec![10.0, 3.0],
+                    count: 1,
+                    batch: false,
+                },
+            ),
+            (
+                r#"{"features": {"alcohol": -1e3, "ph": 0}, "user_id": 7}"#,
+                Rows {
+                    values: vec![-1000.0, 0.0],
+                    count: 1,
+                    batch: false,
+                },
+            ),
+            (
+                r#"{"instances": [{"alcohol": 1, "ph": 2}, {"alcohol": 3, "ph": 4}]}"#,
+                Rows {
+                    values: vec![1.0, 2.0, 3.0, 4.0],
+                    count: 2,
+                    batch: true,
+                },
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(s.parse_predict(body.as_bytes(), 10), Ok(expected), "{body}");
@@ -353,26 +407,94 @@ mod tests {
         let cases: Vec<(&str, ErrorKind, &str)> = vec![
             ("", ErrorKind::InvalidJson, "empty"),
             ("{\"features\": {", ErrorKind::InvalidJson, "not valid JSON"),
-            (r#"{"features": {"alcohol": NaN, "ph": 1}}"#, ErrorKind::InvalidJson, "not valid JSON"),
-            (r#"{"features": {"alcohol": 1e400, "ph": 1}}"#, ErrorKind::InvalidJson, "not valid JSON"),
-            (r#"{"features": {"alcohol": 1e300, "ph": 1}}"#, ErrorKind::InvalidInput, "`features.alcohol` = 1e300"),
+            (
+                r#"{"features": {"alcohol": NaN, "ph": 1}}"#,
+                ErrorKind::InvalidJson,
+                "not valid JSON",
+            ),
+            (
+                r#"{"features": {"alcohol": 1e400, "ph": 1}}"#,
+                ErrorKind::InvalidJson,
+                "not valid JSON",
+            ),
+            (
+                r#"{"features": {"alcohol": 1e300, "ph": 1}}"#,
+                ErrorKind::InvalidInput,
+                "`features.alcohol` = 1e300",
+            ),
             ("[1, 2]", ErrorKind::InvalidInput, "must be a JSON object"),
-            (r#"{"features": {"alcohol": "9.4", "ph": 1}}"#, ErrorKind::InvalidInput, "`features.alcohol` must be a number, got a string"),
-            (r#"{"features": {"alcohol": null, "ph": 1}}"#, ErrorKind::InvalidInput, "got null"),
-            (r#"{"features": [9.4, 3.5]}"#, ErrorKind::InvalidInput, "`features` must be an object"),
-            (r#"{"features": {"alcohol": 9.4}}"#, ErrorKind::MissingFeature, "missing features: `ph`"),
-            (r#"{"features": {}}"#, ErrorKind::MissingFeature, "`alcohol`, `ph`"),
-            (r#"{"features": {"alcohol": 9.4, "ph": 3, "colour": 1}}"#, ErrorKind::UnknownFeature, "unknown features: `colour`"),
-            (r#"{"features": {"alcohol": 9.4, "colour": 1}}"#, ErrorKind::MissingFeature, "unknown features: `colour`"),
+            (
+                r#"{"features": {"alcohol": "9.4", "ph": 1}}"#,
+                ErrorKind::InvalidInput,
+                "`features.alcohol` must be a number, got a string",
+            ),
+            (
+                r#"{"features": {"alcohol": null, "ph": 1}}"#,
+                ErrorKind::InvalidInput,
+                "got null",
+            ),
+            (
+                r#"{"features": [9.4, 3.5]}"#,
+                ErrorKind::InvalidInput,
+                "`features` must be an object",
+            ),
+            (
+                r#"{"features": {"alcohol": 9.4}}"#,
+                ErrorKind::MissingFeature,
+                "missing features: `ph`",
+            ),
+            (
+                r#"{"features": {}}"#,
+                ErrorKind::MissingFeature,
+                "`alcohol`, `ph`",
+            ),
+            (
+                r#"{"features": {"alcohol": 9.4, "ph": 3, "colour": 1}}"#,
+                ErrorKind::UnknownFeature,
+                "unknown features: `colour`",
+            ),
+            (
+                r#"{"features": {"alcohol": 9.4, "colour": 1}}"#,
+                ErrorKind::MissingFeature,
+                "unknown features: `colour`",
+            ),
             (r#"{"instances": []}"#, ErrorKind::InvalidBatch, "empty"),
             (&many, ErrorKind::InvalidBatch, "11 rows; the limit is 10"),
-            (r#"{"instances": {"alcohol": 1}}"#, ErrorKind::InvalidInput, "must be an array"),
-            (r#"{"instances": [{"alcohol": 1, "ph": 2}, {"alcohol": 1}]}"#, ErrorKind::MissingFeature, "`instances[1]`"),
-            (r#"{"instances": [3]}"#, ErrorKind::InvalidInput, "`instances[0]` must be an object"),
-            (r#"{"features": {"alcohol": 1, "ph": 2}, "instances": []}"#, ErrorKind::InvalidInput, "not both"),
-            (r#"{"user_id": "u"}"#, ErrorKind::InvalidInput, "missing `features`"),
-            (r#"{"features": {"alcohol": 1, "ph": 2}, "extra": 1}"#, ErrorKind::InvalidInput, "unknown field `extra`"),
-            (r#"{"features": {"alcohol": 1, "ph": 2}, "user_id": [1]}"#, ErrorKind::InvalidInput, "`user_id` must be"),
+            (
+                r#"{"instances": {"alcohol": 1}}"#,
+                ErrorKind::InvalidInput,
+                "must be an array",
+            ),
+            (
+                r#"{"instances": [{"alcohol": 1, "ph": 2}, {"alcohol": 1}]}"#,
+                ErrorKind::MissingFeature,
+                "`instances[1]`",
+            ),
+            (
+                r#"{"instances": [3]}"#,
+                ErrorKind::InvalidInput,
+                "`instances[0]` must be an object",
+            ),
+            (
+                r#"{"features": {"alcohol": 1, "ph": 2}, "instances": []}"#,
+                ErrorKind::InvalidInput,
+                "not both",
+            ),
+            (
+                r#"{"user_id": "u"}"#,
+                ErrorKind::InvalidInput,
+                "missing `features`",
+            ),
+            (
+                r#"{"features": {"alcohol": 1, "ph": 2}, "extra": 1}"#,
+                ErrorKind::InvalidInput,
+                "unknown field `extra`",
+            ),
+            (
+                r#"{"features": {"alcohol": 1, "ph": 2}, "user_id": [1]}"#,
+                ErrorKind::InvalidInput,
+                "`user_id` must be",
+            ),
         ];
         for (body, kind, needle) in cases {
             let err = s.parse_predict(body.as_bytes(), 10).unwrap_err();
@@ -384,7 +506,10 @@ mod tests {
     #[test]
     fn huge_unknown_lists_are_truncated_in_the_message() {
         let fields: Vec<String> = (0..10_000).map(|i| format!("\"f{i}\": 1")).collect();
-        let body = format!("{{\"features\": {{\"alcohol\": 1, \"ph\": 2, {}}}}}", fields.join(","));
+        let body = format!(
+            "{{\"features\": {{\"alcohol\": 1, \"ph\": 2, {}}}}}",
+            fields.join(",")
+        );
         let err = schema().parse_predict(body.as_bytes(), 10).unwrap_err();
         assert_eq!(err.kind, ErrorKind::UnknownFeature);
         assert!(err.message.contains("and 9990 more"), "{}", err.message);
@@ -393,22 +518,56 @@ mod tests {
 
     #[test]
     fn feedback_is_checked_field_by_field() {
-        let ok = parse_feedback(br#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 4, "actual": 6}"#);
+        let ok = parse_feedback(
+            br#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 4, "actual": 6}"#,
+        );
         assert_eq!(
             ok,
-            Ok(Feedback { prediction_id: "a-1".into(), feedback_type: FeedbackType::Rating, rating: Some(4), actual: Some(6.0) })
+            Ok(Feedback {
+                prediction_id: "a-1".into(),
+                feedback_type: FeedbackType::Rating,
+                rating: Some(4),
+                actual: Some(6.0)
+            })
         );
         let cases = [
-            (r#"{"feedback_type": "accurate"}"#, "missing `prediction_id`"),
+            (
+                r#"{"feedback_type": "accurate"}"#,
+                "missing `prediction_id`",
+            ),
             (r#"{"prediction_id": "a-1"}"#, "missing `feedback_type`"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "great"}"#, "`feedback_type` must be one of"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "rating"}"#, "is required"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 6}"#, "from 1 to 5"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 2.5}"#, "from 1 to 5"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "accurate", "rating": 3}"#, "only allowed"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "accurate", "actual": "6"}"#, "`actual` must be a finite number"),
-            (r#"{"prediction_id": 5, "feedback_type": "accurate"}"#, "`prediction_id` must be a string"),
-            (r#"{"prediction_id": "a-1", "feedback_type": "accurate", "note": 1}"#, "unknown field `note`"),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "great"}"#,
+                "`feedback_type` must be one of",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "rating"}"#,
+                "is required",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 6}"#,
+                "from 1 to 5",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 2.5}"#,
+                "from 1 to 5",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "accurate", "rating": 3}"#,
+                "only allowed",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "accurate", "actual": "6"}"#,
+                "`actual` must be a finite number",
+            ),
+            (
+                r#"{"prediction_id": 5, "feedback_type": "accurate"}"#,
+                "`prediction_id` must be a string",
+            ),
+            (
+                r#"{"prediction_id": "a-1", "feedback_type": "accurate", "note": 1}"#,
+                "unknown field `note`",
+            ),
         ];
         for (body, needle) in cases {
             let err = parse_feedback(body.as_bytes()).unwrap_err();

@@ -27,13 +27,19 @@ impl Server {
             "variant = \"{arm}\"\nlisten = \"127.0.0.1:0\"\nmodel_dir = \"{}\"\nbody_limit_bytes = 65536\nmax_batch_size = 64\n{extra}",
             repo().join("models").join(arm).display()
         );
-        let config = ServerConfig::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            ServerConfig::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         Self::start_with(config).await
     }
 
     async fn start_with(config: ServerConfig) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             let shutdown = async {
@@ -58,15 +64,29 @@ impl Server {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
         self.client
-            .send(method, &format!("{}{path}", self.url), headers, body.to_string())
+            .send(
+                method,
+                &format!("{}{path}", self.url),
+                headers,
+                body.to_string(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn get(&self, path: &str) -> Reply {
-        self.client.get(&format!("{}{path}", self.url)).await.unwrap_or_else(|e| panic!("{e}"))
+        self.client
+            .get(&format!("{}{path}", self.url))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn scrape(&self) -> Scrape {
@@ -100,14 +120,22 @@ fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test]
 async fn a_single_prediction_returns_a_quality_score_with_its_arm_and_id() {
     let server = Server::start("best_model", "").await;
-    let reply = server.post("/predict", &format!("{{\"features\": {FEATURES}}}")).await;
+    let reply = server
+        .post("/predict", &format!("{{\"features\": {FEATURES}}}"))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let v = reply.json();
     let q = v["prediction"].as_f64().unwrap_or(f64::NAN);
     assert!((3.0..=8.0).contains(&q), "quality {q}");
     assert_eq!(v["variant"], "best_model");
     assert_eq!(v["model_version"], "1.0.0");
-    assert!(v["prediction_id"].as_str().unwrap_or("").starts_with("best_model-"), "{v}");
+    assert!(
+        v["prediction_id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("best_model-"),
+        "{v}"
+    );
     assert_eq!(reply.header("content-type"), Some("application/json"));
     server.stop().await;
 }
@@ -116,19 +144,37 @@ async fn a_single_prediction_returns_a_quality_score_with_its_arm_and_id() {
 async fn a_batch_is_predicted_row_for_row_like_single_requests() {
     let server = Server::start("candidate_model", "").await;
     let batch = server
-        .post("/predict", &format!("{{\"instances\": [{FEATURES}, {FEATURES_2}, {FEATURES}]}}"))
+        .post(
+            "/predict",
+            &format!("{{\"instances\": [{FEATURES}, {FEATURES_2}, {FEATURES}]}}"),
+        )
         .await;
     assert_eq!(batch.status, 200, "{}", batch.text());
     let v = batch.json();
-    let preds: Vec<f64> = v["predictions"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    let preds: Vec<f64> = v["predictions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+        .unwrap_or_default();
     assert_eq!(preds.len(), 3);
     assert_eq!(v["prediction_ids"].as_array().map(Vec::len), Some(3));
-    let one = server.post("/predict", &format!("{{\"features\": {FEATURES}}}")).await.json();
-    let two = server.post("/predict", &format!("{{\"features\": {FEATURES_2}}}")).await.json();
+    let one = server
+        .post("/predict", &format!("{{\"features\": {FEATURES}}}"))
+        .await
+        .json();
+    let two = server
+        .post("/predict", &format!("{{\"features\": {FEATURES_2}}}"))
+        .await
+        .json();
     let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap_or(f64::NAN)).abs() < 1e-4;
-    assert!(close(preds[0], &one["prediction"]) && close(preds[2], &one["prediction"]), "{v} {one}");
+    assert!(
+        close(preds[0], &one["prediction"]) && close(preds[2], &one["prediction"]),
+        "{v} {one}"
+    );
     assert!(close(preds[1], &two["prediction"]), "{v} {two}");
-    assert!((preds[0] - preds[1]).abs() > 1e-3, "different wines should score differently");
+    assert!(
+        (preds[0] - preds[1]).abs() > 1e-3,
+        "different wines should score differently"
+    );
     server.stop().await;
 }
 
@@ -141,30 +187,158 @@ async fn every_bad_input_gets_a_json_error_with_the_right_status_and_is_counted(
     let string = FEATURES.replace("9.4", "\"9.4\"");
     let huge = FEATURES.replace("9.4", "1e300");
     let batch_65 = format!("{{\"instances\": [{}]}}", vec![FEATURES; 65].join(","));
-    let oversized = format!("{{\"features\": {FEATURES}, \"user_id\": \"{}\"}}", "x".repeat(70_000));
+    let oversized = format!(
+        "{{\"features\": {FEATURES}, \"user_id\": \"{}\"}}",
+        "x".repeat(70_000)
+    );
     let json = [("content-type", "application/json")];
-    type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], String, u16, &'a str, &'a str);
+    type Case<'a> = (
+        Method,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        String,
+        u16,
+        &'a str,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
-        (Method::POST, "/predict", &json, "{\"features\": {".into(), 400, "invalid_json", "not valid JSON"),
-        (Method::POST, "/predict", &json, String::new(), 400, "invalid_json", "empty"),
-        (Method::POST, "/predict", &json, format!("{{\"features\": {nan}}}"), 400, "invalid_json", "not valid JSON"),
-        (Method::POST, "/predict", &json, format!("{{\"features\": {string}}}"), 400, "invalid_input", "`features.alcohol` must be a number"),
-        (Method::POST, "/predict", &json, format!("{{\"features\": {huge}}}"), 400, "invalid_input", "outside the range"),
-        (Method::POST, "/predict", &json, format!("{{\"features\": {missing_alcohol}}}"), 400, "missing_feature", "`alcohol`"),
-        (Method::POST, "/predict", &json, format!("{{\"features\": {with_colour}}}"), 400, "unknown_feature", "`colour`"),
-        (Method::POST, "/predict", &json, "{\"instances\": []}".into(), 400, "invalid_batch", "empty"),
-        (Method::POST, "/predict", &json, batch_65, 400, "invalid_batch", "65 rows; the limit is 64"),
-        (Method::POST, "/predict", &json, oversized, 413, "payload_too_large", "65536 bytes"),
-        (Method::POST, "/predict", &[("content-type", "text/plain")], format!("{{\"features\": {FEATURES}}}"), 415, "unsupported_media_type", "text/plain"),
-        (Method::POST, "/nope", &json, "{}".into(), 404, "not_found", "/nope"),
-        (Method::GET, "/predict", &[], String::new(), 405, "method_not_allowed", "POST"),
-        (Method::POST, "/feedback", &json, "{\"feedback_type\": \"accurate\"}".into(), 400, "invalid_input", "missing `prediction_id`"),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            "{\"features\": {".into(),
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            String::new(),
+            400,
+            "invalid_json",
+            "empty",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            format!("{{\"features\": {nan}}}"),
+            400,
+            "invalid_json",
+            "not valid JSON",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            format!("{{\"features\": {string}}}"),
+            400,
+            "invalid_input",
+            "`features.alcohol` must be a number",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            format!("{{\"features\": {huge}}}"),
+            400,
+            "invalid_input",
+            "outside the range",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            format!("{{\"features\": {missing_alcohol}}}"),
+            400,
+            "missing_feature",
+            "`alcohol`",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            format!("{{\"features\": {with_colour}}}"),
+            400,
+            "unknown_feature",
+            "`colour`",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            "{\"instances\": []}".into(),
+            400,
+            "invalid_batch",
+            "empty",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            batch_65,
+            400,
+            "invalid_batch",
+            "65 rows; the limit is 64",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &json,
+            oversized,
+            413,
+            "payload_too_large",
+            "65536 bytes",
+        ),
+        (
+            Method::POST,
+            "/predict",
+            &[("content-type", "text/plain")],
+            format!("{{\"features\": {FEATURES}}}"),
+            415,
+            "unsupported_media_type",
+            "text/plain",
+        ),
+        (
+            Method::POST,
+            "/nope",
+            &json,
+            "{}".into(),
+            404,
+            "not_found",
+            "/nope",
+        ),
+        (
+            Method::GET,
+            "/predict",
+            &[],
+            String::new(),
+            405,
+            "method_not_allowed",
+            "POST",
+        ),
+        (
+            Method::POST,
+            "/feedback",
+            &json,
+            "{\"feedback_type\": \"accurate\"}".into(),
+            400,
+            "invalid_input",
+            "missing `prediction_id`",
+        ),
     ];
     let before = server.scrape().await;
     let mut expected_by_type: std::collections::HashMap<&str, f64> = Default::default();
     for (method, path, headers, body, status, error_type, needle) in &cases {
         let reply = server.send(method.clone(), path, headers, body).await;
-        assert_eq!(reply.status.as_u16(), *status, "{path} {body:.80}: {}", reply.text());
+        assert_eq!(
+            reply.status.as_u16(),
+            *status,
+            "{path} {body:.80}: {}",
+            reply.text()
+        );
         let v = reply.json();
         assert_eq!(v["error"]["type"], *error_type, "{body:.80}: {v}");
         let message = v["error"]["message"].as_str().unwrap_or("");
@@ -177,44 +351,98 @@ async fn every_bad_input_gets_a_json_error_with_the_right_status_and_is_counted(
     let after = server.scrape().await;
     for (error_type, n) in expected_by_type {
         let labels = [("variant", "best_model"), ("error_type", error_type)];
-        let delta = counter(&after, "prediction_errors_total", &labels) - counter(&before, "prediction_errors_total", &labels);
-        assert_eq!(delta, n, "prediction_errors_total{{error_type={error_type}}}");
+        let delta = counter(&after, "prediction_errors_total", &labels)
+            - counter(&before, "prediction_errors_total", &labels);
+        assert_eq!(
+            delta, n,
+            "prediction_errors_total{{error_type={error_type}}}"
+        );
     }
     // Still alive and answering.
-    assert_eq!(server.post("/predict", &format!("{{\"features\": {FEATURES}}}")).await.status, 200);
+    assert_eq!(
+        server
+            .post("/predict", &format!("{{\"features\": {FEATURES}}}"))
+            .await
+            .status,
+        200
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn feedback_counts_by_type_and_measures_the_error_against_the_actual_quality() {
     let server = Server::start("best_model", "").await;
-    let p = server.post("/predict", &format!("{{\"features\": {FEATURES}}}")).await.json();
+    let p = server
+        .post("/predict", &format!("{{\"features\": {FEATURES}}}"))
+        .await
+        .json();
     let id = p["prediction_id"].as_str().unwrap_or_default().to_string();
     let predicted = p["prediction"].as_f64().unwrap_or(f64::NAN);
     let before = server.scrape().await;
 
-    let r = server.post("/feedback", &format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"too_high\", \"actual\": 5}}")).await;
+    let r = server
+        .post(
+            "/feedback",
+            &format!(
+                "{{\"prediction_id\": \"{id}\", \"feedback_type\": \"too_high\", \"actual\": 5}}"
+            ),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let ack = r.json();
     assert_eq!(ack["matched"], true);
     let abs = ack["absolute_error"].as_f64().unwrap_or(f64::NAN);
     assert!((abs - (predicted - 5.0).abs()).abs() < 1e-4, "{ack}");
-    let r = server.post("/feedback", &format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"rating\", \"rating\": 4}}")).await;
+    let r = server
+        .post(
+            "/feedback",
+            &format!(
+                "{{\"prediction_id\": \"{id}\", \"feedback_type\": \"rating\", \"rating\": 4}}"
+            ),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let foreign = server.post("/feedback", "{\"prediction_id\": \"candidate_model-00000000-1\", \"feedback_type\": \"accurate\"}").await;
+    let foreign = server
+        .post(
+            "/feedback",
+            "{\"prediction_id\": \"candidate_model-00000000-1\", \"feedback_type\": \"accurate\"}",
+        )
+        .await;
     assert_eq!(foreign.status, 400);
-    assert!(foreign.json()["error"]["message"].as_str().unwrap_or("").contains("candidate_model"));
-    let forgotten = server.post("/feedback", "{\"prediction_id\": \"best_model-00000000-1\", \"feedback_type\": \"accurate\"}").await;
+    assert!(foreign.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("candidate_model"));
+    let forgotten = server
+        .post(
+            "/feedback",
+            "{\"prediction_id\": \"best_model-00000000-1\", \"feedback_type\": \"accurate\"}",
+        )
+        .await;
     assert_eq!(forgotten.status, 200);
     assert_eq!(forgotten.json()["matched"], false);
 
     let after = server.scrape().await;
-    let fb = |s: &Scrape, t: &str| counter(s, "feedback_total", &[("variant", "best_model"), ("feedback_type", t)]);
+    let fb = |s: &Scrape, t: &str| {
+        counter(
+            s,
+            "feedback_total",
+            &[("variant", "best_model"), ("feedback_type", t)],
+        )
+    };
     assert_eq!(fb(&after, "too_high") - fb(&before, "too_high"), 1.0);
     assert_eq!(fb(&after, "rating") - fb(&before, "rating"), 1.0);
-    assert_eq!(fb(&after, "accurate") - fb(&before, "accurate"), 1.0, "only the forgotten-id feedback counts");
-    let abs_count = counter(&after, "prediction_absolute_error_count", &[("variant", "best_model")]);
+    assert_eq!(
+        fb(&after, "accurate") - fb(&before, "accurate"),
+        1.0,
+        "only the forgotten-id feedback counts"
+    );
+    let abs_count = counter(
+        &after,
+        "prediction_absolute_error_count",
+        &[("variant", "best_model")],
+    );
     assert_eq!(abs_count, 1.0);
     let summary = server.get("/api/metrics").await.json();
     let arm = &summary["arms"][0];
@@ -228,9 +456,18 @@ async fn metrics_have_the_contract_names_labels_and_buckets_and_move_by_the_righ
     let server = Server::start("candidate_model", "").await;
     let before = server.scrape().await;
     for _ in 0..3 {
-        assert_eq!(server.post("/predict", &format!("{{\"features\": {FEATURES}}}")).await.status, 200);
+        assert_eq!(
+            server
+                .post("/predict", &format!("{{\"features\": {FEATURES}}}"))
+                .await
+                .status,
+            200
+        );
     }
-    assert_eq!(server.post("/predict", "{\"features\": {}}").await.status, 400);
+    assert_eq!(
+        server.post("/predict", "{\"features\": {}}").await.status,
+        400
+    );
     let health = server.get("/api/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "healthy");
@@ -238,17 +475,40 @@ async fn metrics_have_the_contract_names_labels_and_buckets_and_move_by_the_righ
 
     let v = [("variant", "candidate_model")];
     let pred = [("variant", "candidate_model"), ("endpoint", "predict")];
-    assert_eq!(counter(&after, "predictions_total", &pred) - counter(&before, "predictions_total", &pred), 4.0);
-    assert_eq!(counter(&after, "prediction_duration_seconds_count", &v) - counter(&before, "prediction_duration_seconds_count", &v), 4.0);
-    assert_eq!(counter(&after, "prediction_rows_total", &v) - counter(&before, "prediction_rows_total", &v), 3.0);
+    assert_eq!(
+        counter(&after, "predictions_total", &pred) - counter(&before, "predictions_total", &pred),
+        4.0
+    );
+    assert_eq!(
+        counter(&after, "prediction_duration_seconds_count", &v)
+            - counter(&before, "prediction_duration_seconds_count", &v),
+        4.0
+    );
+    assert_eq!(
+        counter(&after, "prediction_rows_total", &v)
+            - counter(&before, "prediction_rows_total", &v),
+        3.0
+    );
 
     let families = [
         ("predictions_total", "counter", vec!["endpoint", "variant"]),
-        ("prediction_errors_total", "counter", vec!["error_type", "variant"]),
-        ("feedback_total", "counter", vec!["feedback_type", "variant"]),
+        (
+            "prediction_errors_total",
+            "counter",
+            vec!["error_type", "variant"],
+        ),
+        (
+            "feedback_total",
+            "counter",
+            vec!["feedback_type", "variant"],
+        ),
         ("system_cpu_percent", "gauge", vec!["variant"]),
         ("system_memory_percent", "gauge", vec!["variant"]),
-        ("abgate_build_info", "gauge", vec!["model_version", "variant", "version"]),
+        (
+            "abgate_build_info",
+            "gauge",
+            vec!["model_version", "variant", "version"],
+        ),
     ];
     for (name, _kind, labels) in &families {
         let samples: Vec<_> = after.samples.iter().filter(|s| s.metric == *name).collect();
@@ -262,26 +522,56 @@ async fn metrics_have_the_contract_names_labels_and_buckets_and_move_by_the_righ
     }
     let text = server.get("/metrics").await.text();
     for (name, kind, _) in &families {
-        assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} is not a {kind}");
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "{name} is not a {kind}"
+        );
     }
     assert!(text.contains("# TYPE prediction_duration_seconds histogram"));
     let hist = after
         .samples
         .iter()
-        .find(|s| s.metric == "prediction_duration_seconds" && s.labels.get("variant") == Some("candidate_model"))
+        .find(|s| {
+            s.metric == "prediction_duration_seconds"
+                && s.labels.get("variant") == Some("candidate_model")
+        })
         .unwrap_or_else(|| panic!("no histogram"));
-    let Value::Histogram(buckets) = &hist.value else { panic!("not a histogram") };
-    let bounds: Vec<f64> = buckets.iter().map(|b| b.less_than).filter(|b| b.is_finite()).collect();
+    let Value::Histogram(buckets) = &hist.value else {
+        panic!("not a histogram")
+    };
+    let bounds: Vec<f64> = buckets
+        .iter()
+        .map(|b| b.less_than)
+        .filter(|b| b.is_finite())
+        .collect();
     assert_eq!(bounds, abgate_common::metrics::LATENCY_BUCKETS.to_vec());
     assert!(bounds.contains(&0.005) && bounds.contains(&10.0) && bounds[0] == 0.0001);
-    for process in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds", "process_virtual_memory_bytes"] {
-        assert!(after.samples.iter().any(|s| s.metric == process), "{process} missing");
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_virtual_memory_bytes",
+    ] {
+        assert!(
+            after.samples.iter().any(|s| s.metric == process),
+            "{process} missing"
+        );
     }
     assert!(counter(&after, "system_memory_percent", &v) > 0.0);
-    assert_eq!(counter(&after, "abgate_build_info", &[("model_version", "1.0.0")]), 1.0);
+    assert_eq!(
+        counter(&after, "abgate_build_info", &[("model_version", "1.0.0")]),
+        1.0
+    );
     let summary = server.get("/api/metrics").await.json();
     assert_eq!(summary["arms"][0]["variant"], "candidate_model");
-    assert!(summary["arms"][0]["latency_seconds"]["p95"].as_f64().is_some(), "{summary}");
+    assert!(
+        summary["arms"][0]["latency_seconds"]["p95"]
+            .as_f64()
+            .is_some(),
+        "{summary}"
+    );
     server.stop().await;
 }
 
@@ -291,22 +581,44 @@ async fn shutdown_lets_an_in_flight_request_finish() {
     let server = Server::start("best_model", "").await;
     let addr = server.url.trim_start_matches("http://").to_string();
     let body = format!("{{\"features\": {FEATURES}}}");
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let head = format!("POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
-    stream.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
-    stream.write_all(&body.as_bytes()[..10]).await.unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(&body.as_bytes()[..10])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let Server { stop, done, url, .. } = server;
+    let Server {
+        stop, done, url, ..
+    } = server;
     if let Some(stop) = stop {
         let _ = stop.send(());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     // New connections are refused once shutdown began.
-    assert!(tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.is_err());
-    stream.write_all(&body.as_bytes()[10..]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .is_err()
+    );
+    stream
+        .write_all(&body.as_bytes()[10..])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(tokio::time::timeout(Duration::from_secs(5), done).await.is_ok(), "server did not stop");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .is_ok(),
+        "server did not stop"
+    );
 }

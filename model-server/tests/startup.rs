@@ -5,7 +5,9 @@ use abgate_model_server::{Model, ModelServerError, ServerConfig};
 use std::path::{Path, PathBuf};
 
 fn shipped(arm: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(arm)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(arm)
 }
 
 fn copy_model(arm: &str) -> tempfile::TempDir {
@@ -43,7 +45,10 @@ fn a_corrupt_model_json_is_named() {
     let dir = copy_model("best_model");
     std::fs::write(dir.path().join("model.json"), "{ not json").unwrap_or_else(|e| panic!("{e}"));
     let err = load_error(dir.path());
-    assert!(err.contains("model.json: not a valid model description"), "{err}");
+    assert!(
+        err.contains("model.json: not a valid model description"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -51,25 +56,38 @@ fn missing_weights_are_named() {
     let dir = copy_model("best_model");
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
     let err = load_error(dir.path());
-    assert!(err.ends_with("model.safetensors: weights file does not exist"), "{err}");
+    assert!(
+        err.ends_with("model.safetensors: weights file does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
 fn corrupt_weights_are_named() {
     let dir = copy_model("best_model");
-    std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage")
+        .unwrap_or_else(|e| panic!("{e}"));
     let err = load_error(dir.path());
-    assert!(err.contains("model.safetensors: not a readable safetensors file"), "{err}");
+    assert!(
+        err.contains("model.safetensors: not a readable safetensors file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn weights_that_do_not_match_model_json_name_the_tensor() {
     // The candidate's weights (11->64->32->1) under the best model's description (11->16->1).
     let dir = copy_model("best_model");
-    std::fs::copy(shipped("candidate_model").join("model.safetensors"), dir.path().join("model.safetensors"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        shipped("candidate_model").join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let err = load_error(dir.path());
-    assert!(err.contains("tensor `layers.0.weight`: has shape [64, 11], model.json implies [16, 11]"), "{err}");
+    assert!(
+        err.contains("tensor `layers.0.weight`: has shape [64, 11], model.json implies [16, 11]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -81,7 +99,10 @@ fn an_inconsistent_model_json_names_the_key() {
     v["layers"][1]["inputs"] = 17.into();
     std::fs::write(&path, v.to_string()).unwrap_or_else(|e| panic!("{e}"));
     let err = load_error(dir.path());
-    assert!(err.contains("key `layers[1].inputs`: is 17 but the previous width is 16"), "{err}");
+    assert!(
+        err.contains("key `layers[1].inputs`: is 17 but the previous width is 16"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -91,18 +112,31 @@ async fn run_fails_with_the_model_error_instead_of_panicking() {
         "variant = \"a\"\nlisten = \"127.0.0.1:0\"\nmodel_dir = \"/nonexistent\"\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let result = abgate_model_server::run(config, listener, std::future::pending()).await;
-    assert!(matches!(result, Err(ModelServerError::ModelFile { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(ModelServerError::ModelFile { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
 fn the_shipped_configs_are_valid_and_point_at_the_shipped_models() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (file, arm, port) in [("best_model.toml", "best_model", 6001), ("candidate_model.toml", "candidate_model", 6002)] {
-        let c = ServerConfig::load(&root.join("config").join(file)).unwrap_or_else(|e| panic!("{e}"));
+    for (file, arm, port) in [
+        ("best_model.toml", "best_model", 6001),
+        ("candidate_model.toml", "candidate_model", 6002),
+    ] {
+        let c =
+            ServerConfig::load(&root.join("config").join(file)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.variant, arm);
         assert_eq!(c.listen.port(), port);
-        assert!(Model::load(&c.model_dir).is_ok(), "{}", c.model_dir.display());
+        assert!(
+            Model::load(&c.model_dir).is_ok(),
+            "{}",
+            c.model_dir.display()
+        );
     }
 }

@@ -29,17 +29,35 @@ fn config(out: &Path, seed: u64) -> TrainConfig {
 fn a_short_run_on_a_subset_lowers_validation_loss_and_writes_a_servable_model() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut lines = Vec::new();
-    let report = train(&config(dir.path(), 7), |l| lines.push(l.to_string())).unwrap_or_else(|e| panic!("{e}"));
+    let report = train(&config(dir.path(), 7), |l| lines.push(l.to_string()))
+        .unwrap_or_else(|e| panic!("{e}"));
     let first = report.validation_loss[0];
     let last = *report.validation_loss.last().unwrap_or(&f32::NAN);
     assert!(last < first, "validation loss went from {first} to {last}");
-    assert!(report.spec.validation.rmse < report.spec.validation.baseline_rmse, "{:?}", report.spec.validation);
-    assert_eq!(report.spec.training.train_rows + report.spec.training.validation_rows, 400);
-    assert!(lines.iter().any(|l| l.contains("epoch") && l.contains("validation_loss")), "{lines:?}");
+    assert!(
+        report.spec.validation.rmse < report.spec.validation.baseline_rmse,
+        "{:?}",
+        report.spec.validation
+    );
+    assert_eq!(
+        report.spec.training.train_rows + report.spec.training.validation_rows,
+        400
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("epoch") && l.contains("validation_loss")),
+        "{lines:?}"
+    );
     let model = Model::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let row = vec![7.4, 0.7, 0.0, 1.9, 0.076, 11.0, 34.0, 0.9978, 3.51, 0.56, 9.4];
+    let row = vec![
+        7.4, 0.7, 0.0, 1.9, 0.076, 11.0, 34.0, 0.9978, 3.51, 0.56, 9.4,
+    ];
     let out = model.predict(row, 1).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out[0].is_finite() && (2.0..=9.0).contains(&out[0]), "{out:?}");
+    assert!(
+        out[0].is_finite() && (2.0..=9.0).contains(&out[0]),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -52,15 +70,25 @@ fn the_same_config_and_seed_give_the_same_weights() {
     train(&config(c.path(), 8), |_| {}).unwrap_or_else(|e| panic!("{e}"));
     let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap_or_default();
     let tensors = |d: &Path| {
-        let t = candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu).unwrap_or_default();
+        let t =
+            candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
+                .unwrap_or_default();
         let mut names: Vec<_> = t.keys().cloned().collect();
         names.sort();
         names
             .iter()
-            .map(|n| t[n].flatten_all().and_then(|x| x.to_vec1::<f32>()).unwrap_or_default())
+            .map(|n| {
+                t[n].flatten_all()
+                    .and_then(|x| x.to_vec1::<f32>())
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(tensors(a.path()), tensors(b.path()));
-    assert_ne!(tensors(a.path()), tensors(c.path()), "a different seed must give different weights");
+    assert_ne!(
+        tensors(a.path()),
+        tensors(c.path()),
+        "a different seed must give different weights"
+    );
     assert!(!read(a.path()).is_empty());
 }

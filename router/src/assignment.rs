@@ -121,8 +121,18 @@ mod tests {
     const VECTORS: [(&str, &str, f64, &str); 7] = [
         ("user-1", "wine-2026-11", 0.4990624218605194, "best_model"),
         ("user-2", "wine-2026-11", 0.0916939719815274, "best_model"),
-        ("user-5", "wine-2026-11", 0.9832860653476126, "candidate_model"),
-        ("user-6", "wine-2026-11", 0.9292143415922973, "candidate_model"),
+        (
+            "user-5",
+            "wine-2026-11",
+            0.9832860653476126,
+            "candidate_model",
+        ),
+        (
+            "user-6",
+            "wine-2026-11",
+            0.9292143415922973,
+            "candidate_model",
+        ),
         ("alice", "wine-2026-11", 0.2691642935515094, "best_model"),
         ("bob", "wine-2026-11", 0.7557461218856997, "best_model"),
         ("alice", "another-salt", 0.4403150342509975, "best_model"),
@@ -134,7 +144,11 @@ mod tests {
         for (key, salt, expected, arm) in VECTORS {
             let p = position(salt, key);
             assert_eq!(p, expected, "{key} under {salt}");
-            assert_eq!(["best_model", "candidate_model"][split.pick(p)], arm, "{key}");
+            assert_eq!(
+                ["best_model", "candidate_model"][split.pick(p)],
+                arm,
+                "{key}"
+            );
         }
     }
 

@@ -52,7 +52,11 @@ pub fn moves(old: &RouterConfig, new: &RouterConfig) -> Vec<Move> {
 pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
     let config = RouterConfig::load(path)?;
     let mut out = String::new();
-    let _ = writeln!(out, "{}: syntax is ok, configuration is valid", path.display());
+    let _ = writeln!(
+        out,
+        "{}: syntax is ok, configuration is valid",
+        path.display()
+    );
     let _ = writeln!(
         out,
         "experiment {:?}, salt {:?}, failover {}",
@@ -85,9 +89,19 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
             }
         );
         for m in &moves {
-            let _ = writeln!(out, "  {:>7.3}% of users move {} -> {}", m.share * 100.0, m.from, m.to);
+            let _ = writeln!(
+                out,
+                "  {:>7.3}% of users move {} -> {}",
+                m.share * 100.0,
+                m.from,
+                m.to
+            );
         }
-        let _ = writeln!(out, "  {:>7.3}% of users keep their arm", (1.0 - total) * 100.0);
+        let _ = writeln!(
+            out,
+            "  {:>7.3}% of users keep their arm",
+            (1.0 - total) * 100.0
+        );
     }
     Ok(out)
 }
@@ -99,7 +113,10 @@ mod tests {
     fn config(salt: &str, weights: &[(&str, f64)]) -> RouterConfig {
         let mut text = format!("listen = \"127.0.0.1:8080\"\n[experiment]\nsalt = \"{salt}\"\n");
         for (i, (name, w)) in weights.iter().enumerate() {
-            text.push_str(&format!("[[arms]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{}\"\nweight = {w}\n", 6001 + i));
+            text.push_str(&format!(
+                "[[arms]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:{}\"\nweight = {w}\n",
+                6001 + i
+            ));
         }
         RouterConfig::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -110,7 +127,10 @@ mod tests {
         let new = config("s", &[("best_model", 50.0), ("candidate_model", 50.0)]);
         let m = moves(&old, &new);
         assert_eq!(m.len(), 1);
-        assert_eq!((m[0].from.as_str(), m[0].to.as_str()), ("best_model", "candidate_model"));
+        assert_eq!(
+            (m[0].from.as_str(), m[0].to.as_str()),
+            ("best_model", "candidate_model")
+        );
         assert!((m[0].share - 0.4).abs() < 1e-12);
     }
 
@@ -135,7 +155,13 @@ mod tests {
         let new = write("new.toml", 20.0);
         let report = run(&new, Some(&active)).unwrap_or_else(|e| panic!("{e}"));
         assert!(report.contains("configuration is valid"), "{report}");
-        assert!(report.contains("10.000% of users move best_model -> candidate_model"), "{report}");
-        assert!(report.contains("90.000% of users keep their arm"), "{report}");
+        assert!(
+            report.contains("10.000% of users move best_model -> candidate_model"),
+            "{report}"
+        );
+        assert!(
+            report.contains("90.000% of users keep their arm"),
+            "{report}"
+        );
     }
 }

@@ -258,7 +258,8 @@ impl RouterConfig {
 
     /// The interval split of the arms (always exists for a validated config).
     pub fn split(&self) -> Split {
-        Split::new(&self.weights()).unwrap_or_else(|| Split::new(&[1.0]).unwrap_or_else(|| unreachable!()))
+        Split::new(&self.weights())
+            .unwrap_or_else(|| Split::new(&[1.0]).unwrap_or_else(|| unreachable!()))
     }
 
     /// Index of the arm called `name`.
@@ -269,7 +270,10 @@ impl RouterConfig {
     fn from_raw(path: &Path, raw: RawConfig) -> Result<RouterConfig, ConfigError> {
         let invalid = |key: &str, reason: String| ConfigError::invalid(path, key, reason);
         let listen: SocketAddr = raw.listen.parse().map_err(|e| {
-            invalid("listen", format!("{:?} is not an address like 0.0.0.0:8080 ({e})", raw.listen))
+            invalid(
+                "listen",
+                format!("{:?} is not an address like 0.0.0.0:8080 ({e})", raw.listen),
+            )
         })?;
         if raw.experiment.salt.is_empty() {
             return Err(invalid("experiment.salt", "must not be empty".into()));
@@ -282,7 +286,10 @@ impl RouterConfig {
             if !is_valid_name(&arm.name) {
                 return Err(invalid(
                     &format!("arms[{i}].name"),
-                    format!("{:?} must be 1-64 characters of letters, digits and `_`", arm.name),
+                    format!(
+                        "{:?} must be 1-64 characters of letters, digits and `_`",
+                        arm.name
+                    ),
                 ));
             }
             if arms.iter().any(|a| a.name == arm.name) {
@@ -297,8 +304,9 @@ impl RouterConfig {
                     format!("must be a number >= 0, got {}", arm.weight),
                 ));
             }
-            let (scheme, authority) = parse_base_url(&arm.url)
-                .map_err(|reason| invalid(&format!("arms[{i}].url"), format!("{:?} {reason}", arm.url)))?;
+            let (scheme, authority) = parse_base_url(&arm.url).map_err(|reason| {
+                invalid(&format!("arms[{i}].url"), format!("{:?} {reason}", arm.url))
+            })?;
             arms.push(ArmConfig {
                 url: arm.url.trim_end_matches('/').to_string(),
                 name: arm.name,
@@ -321,24 +329,42 @@ impl RouterConfig {
             }
         };
         let upstream = UpstreamConfig {
-            connect_timeout: positive("upstream.connect_timeout_ms", raw.upstream.connect_timeout_ms)?,
-            request_timeout: positive("upstream.request_timeout_ms", raw.upstream.request_timeout_ms)?,
-            pool_idle_timeout: positive("upstream.pool_idle_timeout_ms", raw.upstream.pool_idle_timeout_ms)?,
+            connect_timeout: positive(
+                "upstream.connect_timeout_ms",
+                raw.upstream.connect_timeout_ms,
+            )?,
+            request_timeout: positive(
+                "upstream.request_timeout_ms",
+                raw.upstream.request_timeout_ms,
+            )?,
+            pool_idle_timeout: positive(
+                "upstream.pool_idle_timeout_ms",
+                raw.upstream.pool_idle_timeout_ms,
+            )?,
             pool_max_idle_per_arm: raw.upstream.pool_max_idle_per_arm,
         };
         let health = HealthConfig {
             interval: positive("health.interval_ms", raw.health.interval_ms)?,
             timeout: positive("health.timeout_ms", raw.health.timeout_ms)?,
-            unhealthy_threshold: positive("health.unhealthy_threshold", u64::from(raw.health.unhealthy_threshold))
-                .map(|_| raw.health.unhealthy_threshold)?,
-            healthy_threshold: positive("health.healthy_threshold", u64::from(raw.health.healthy_threshold))
-                .map(|_| raw.health.healthy_threshold)?,
+            unhealthy_threshold: positive(
+                "health.unhealthy_threshold",
+                u64::from(raw.health.unhealthy_threshold),
+            )
+            .map(|_| raw.health.unhealthy_threshold)?,
+            healthy_threshold: positive(
+                "health.healthy_threshold",
+                u64::from(raw.health.healthy_threshold),
+            )
+            .map(|_| raw.health.healthy_threshold)?,
         };
         if raw.body_limit_bytes == 0 {
             return Err(invalid("body_limit_bytes", "must be at least 1".into()));
         }
         if raw.max_concurrent_requests == 0 {
-            return Err(invalid("max_concurrent_requests", "must be at least 1".into()));
+            return Err(invalid(
+                "max_concurrent_requests",
+                "must be at least 1".into(),
+            ));
         }
         Ok(RouterConfig {
             path: path.to_path_buf(),
@@ -374,7 +400,10 @@ fn parse_base_url(url: &str) -> Result<(Scheme, Authority), String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("is not a URL like http://127.0.0.1:6001 ({e})"))?;
-    let scheme = uri.scheme().cloned().ok_or("has no scheme; use http://host:port")?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or("has no scheme; use http://host:port")?;
     if scheme != Scheme::HTTP {
         return Err("must use http:// (arms are reached over plain HTTP/1.1)".into());
     }
@@ -446,20 +475,35 @@ token = "s3cret"
 
     #[test]
     fn a_duplicate_arm_name_is_rejected() {
-        let err = parse(&replace("name = \"candidate_model\"", "name = \"best_model\"")).unwrap_err();
-        assert_eq!(err, "router.toml: key `arms[1].name`: duplicate arm name \"best_model\"");
+        let err = parse(&replace(
+            "name = \"candidate_model\"",
+            "name = \"best_model\"",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "router.toml: key `arms[1].name`: duplicate arm name \"best_model\""
+        );
     }
 
     #[test]
     fn a_negative_weight_is_rejected() {
         let err = parse(&replace("weight = 10", "weight = -5")).unwrap_err();
-        assert_eq!(err, "router.toml: key `arms[1].weight`: must be a number >= 0, got -5");
+        assert_eq!(
+            err,
+            "router.toml: key `arms[1].weight`: must be a number >= 0, got -5"
+        );
     }
 
     #[test]
     fn all_zero_weights_are_rejected() {
-        let err = parse(&replace("weight = 10", "weight = 0").replacen("weight = 90", "weight = 0", 1)).unwrap_err();
-        assert!(err.starts_with("router.toml: key `arms`: every weight is 0"), "{err}");
+        let err =
+            parse(&replace("weight = 10", "weight = 0").replacen("weight = 90", "weight = 0", 1))
+                .unwrap_err();
+        assert!(
+            err.starts_with("router.toml: key `arms`: every weight is 0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -472,7 +516,10 @@ token = "s3cret"
             ("http://exa mple", "is not a URL"),
         ] {
             let err = parse(&replace("http://127.0.0.1:6002/", url)).unwrap_err();
-            assert!(err.starts_with("router.toml: key `arms[1].url`"), "{url}: {err}");
+            assert!(
+                err.starts_with("router.toml: key `arms[1].url`"),
+                "{url}: {err}"
+            );
             assert!(err.contains(needle), "{url}: {err}");
             assert!(err.contains(url), "{url}: {err}");
         }
@@ -480,7 +527,11 @@ token = "s3cret"
 
     #[test]
     fn a_bad_arm_name_is_rejected() {
-        let err = parse(&replace("name = \"candidate_model\"", "name = \"candidate-model\"")).unwrap_err();
+        let err = parse(&replace(
+            "name = \"candidate_model\"",
+            "name = \"candidate-model\"",
+        ))
+        .unwrap_err();
         assert!(err.starts_with("router.toml: key `arms[1].name`"), "{err}");
     }
 
@@ -499,7 +550,10 @@ token = "s3cret"
     #[test]
     fn zero_timeouts_are_rejected() {
         let err = parse(&format!("{VALID}\n[health]\ninterval_ms = 0\n")).unwrap_err();
-        assert_eq!(err, "router.toml: key `health.interval_ms`: must be at least 1");
+        assert_eq!(
+            err,
+            "router.toml: key `health.interval_ms`: must be at least 1"
+        );
     }
 
     #[test]

@@ -126,7 +126,10 @@ pub async fn check_all(router: &Arc<Router>) {
             let result = match request {
                 Err(e) => Err(e),
                 Ok(req) => match tokio::time::timeout(config.timeout, client.request(req)).await {
-                    Err(_) => Err(format!("health check timed out after {} ms", config.timeout.as_millis())),
+                    Err(_) => Err(format!(
+                        "health check timed out after {} ms",
+                        config.timeout.as_millis()
+                    )),
                     Ok(Err(e)) => Err(format!("health check failed: {e}")),
                     Ok(Ok(resp)) if resp.status() == StatusCode::OK => Ok(()),
                     Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),

@@ -96,11 +96,17 @@ impl RouterMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let common = Metrics::new()?;
         let weight = GaugeVec::new(
-            Opts::new("abgate_arm_weight", "Configured share of users per arm (normalized weight, 0-1)."),
+            Opts::new(
+                "abgate_arm_weight",
+                "Configured share of users per arm (normalized weight, 0-1).",
+            ),
             &["variant"],
         )?;
         let up = IntGaugeVec::new(
-            Opts::new("abgate_arm_up", "Whether the router considers the arm healthy (1) or down (0)."),
+            Opts::new(
+                "abgate_arm_up",
+                "Whether the router considers the arm healthy (1) or down (0).",
+            ),
             &["variant"],
         )?;
         let reloads = IntCounterVec::new(
@@ -161,7 +167,8 @@ impl RouterMetrics {
             failovers: self.failovers.with_label_values(&[variant]),
             up: self.up.with_label_values(&[variant]),
             weight: self.weight.with_label_values(&[variant]),
-            assignments: Source::ALL.map(|s| self.assignments.with_label_values(&[variant, s.as_str()])),
+            assignments: Source::ALL
+                .map(|s| self.assignments.with_label_values(&[variant, s.as_str()])),
         }
     }
 
@@ -175,7 +182,9 @@ impl RouterMetrics {
     /// Counts a reload and stamps its time.
     pub fn reload(&self, result: ReloadResult, unix_time: f64) {
         self.reloads.with_label_values(&[result.as_str()]).inc();
-        self.last_reload.with_label_values(&[result.as_str()]).set(unix_time);
+        self.last_reload
+            .with_label_values(&[result.as_str()])
+            .set(unix_time);
     }
 
     /// Reloads so far with `result`.

@@ -90,13 +90,19 @@ async fn route(
 ) -> Response<RouterBody> {
     let path = req.uri().path();
     let Some((route, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
-        let err = ApiError::new(ErrorKind::NotFound, format!("no route {path}; try POST /predict"));
+        let err = ApiError::new(
+            ErrorKind::NotFound,
+            format!("no route {path}; try POST /predict"),
+        );
         router.metrics.unassigned.error(err.kind);
         return own(error_response(&err));
     };
     let method = req.method();
     if method != allowed && !(method == Method::HEAD && allowed == Method::GET) {
-        let err = ApiError::new(ErrorKind::MethodNotAllowed, format!("{path} accepts {allowed} only"));
+        let err = ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{path} accepts {allowed} only"),
+        );
         router.metrics.unassigned.error(err.kind);
         let mut response = error_response(&err);
         if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
@@ -150,7 +156,10 @@ fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, A
         return Ok(None);
     }
     if let Some(token) = &settings.token {
-        let given = headers.get(OVERRIDE_TOKEN).map(HeaderValue::as_bytes).unwrap_or_default();
+        let given = headers
+            .get(OVERRIDE_TOKEN)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         if !constant_time_eq(given, token.as_bytes()) {
             return Err(ApiError::new(
                 ErrorKind::OverrideForbidden,
@@ -159,7 +168,10 @@ fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, A
         }
     }
     let name = requested.to_str().unwrap_or("");
-    active.arm(name).map(|(i, _)| Some(i)).ok_or_else(|| unknown_arm(active, name))
+    active
+        .arm(name)
+        .map(|(i, _)| Some(i))
+        .ok_or_else(|| unknown_arm(active, name))
 }
 
 fn unknown_arm(active: &Active, name: &str) -> ApiError {
@@ -220,7 +232,12 @@ fn fallback_arm(active: &Active, failed: usize, position: f64) -> Option<usize> 
     pick_among(&active.weights, &eligible, position)
 }
 
-fn with_variant_headers(mut response: Response<RouterBody>, active: &Active, served: Option<usize>, assigned: usize) -> Response<RouterBody> {
+fn with_variant_headers(
+    mut response: Response<RouterBody>,
+    active: &Active,
+    served: Option<usize>,
+    assigned: usize,
+) -> Response<RouterBody> {
     let headers = response.headers_mut();
     if let Some(served) = served {
         if let Ok(v) = HeaderValue::from_str(&active.arms[served].config.name) {
@@ -243,7 +260,14 @@ async fn predict(
 ) -> Response<RouterBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, active.config.body_limit_bytes, active.config.body_timeout).await {
+    let body = match read_body(
+        &parts.headers,
+        body,
+        active.config.body_limit_bytes,
+        active.config.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             router.metrics.unassigned.error(e.kind);
@@ -270,8 +294,22 @@ async fn predict(
     let mut retried = false;
     let outcome = loop {
         let arm = &active.arms[serving];
-        let result = match build_request(&arm.config, Method::POST, parts.uri.path_and_query(), headers.clone(), body.clone()) {
-            Ok(upstream_req) => send(&active.client, &arm.config, upstream_req, active.config.upstream.request_timeout).await,
+        let result = match build_request(
+            &arm.config,
+            Method::POST,
+            parts.uri.path_and_query(),
+            headers.clone(),
+            body.clone(),
+        ) {
+            Ok(upstream_req) => {
+                send(
+                    &active.client,
+                    &arm.config,
+                    upstream_req,
+                    active.config.upstream.request_timeout,
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         match result {
@@ -295,7 +333,15 @@ async fn predict(
         active.arms[assigned.arm].series.failovers.inc();
     }
     let series = &active.arms[serving].series.common;
-    finish(series, started, outcome, active, Some(serving), assigned.arm).await
+    finish(
+        series,
+        started,
+        outcome,
+        active,
+        Some(serving),
+        assigned.arm,
+    )
+    .await
 }
 
 /// Counts and shapes the client's response for an upstream outcome.
@@ -338,7 +384,11 @@ async fn relay(series: &ArmMetrics, upstream: Response<Incoming>) -> Response<Ro
     };
     let kind = serde_json::from_slice::<Value>(&bytes)
         .ok()
-        .and_then(|v| v.pointer("/error/type").and_then(Value::as_str).and_then(ErrorKind::parse))
+        .and_then(|v| {
+            v.pointer("/error/type")
+                .and_then(Value::as_str)
+                .and_then(ErrorKind::parse)
+        })
         .unwrap_or(if parts.status.is_client_error() {
             ErrorKind::InvalidInput
         } else {
@@ -356,7 +406,14 @@ async fn feedback(
     request_id: &HeaderValue,
 ) -> Response<RouterBody> {
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, active.config.body_limit_bytes, active.config.body_timeout).await {
+    let body = match read_body(
+        &parts.headers,
+        body,
+        active.config.body_limit_bytes,
+        active.config.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             router.metrics.unassigned.error(e.kind);
@@ -375,8 +432,22 @@ async fn feedback(
     let series = &arm.series.common;
     let mut headers = parts.headers;
     headers.insert(REQUEST_ID, request_id.clone());
-    let result = match build_request(&arm.config, Method::POST, parts.uri.path_and_query(), headers, body) {
-        Ok(r) => send(&active.client, &arm.config, r, active.config.upstream.request_timeout).await,
+    let result = match build_request(
+        &arm.config,
+        Method::POST,
+        parts.uri.path_and_query(),
+        headers,
+        body,
+    ) {
+        Ok(r) => {
+            send(
+                &active.client,
+                &arm.config,
+                r,
+                active.config.upstream.request_timeout,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let response = match result {
@@ -405,14 +476,26 @@ async fn feedback(
 /// Feedback goes to the arm that served the prediction: an explicit `variant` field or
 /// `X-Variant` header, else the arm encoded in `prediction_id`, else the sticky
 /// assignment.
-fn feedback_target(active: &Active, headers: &HeaderMap, body: Option<&Value>) -> Result<usize, ApiError> {
+fn feedback_target(
+    active: &Active,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Result<usize, ApiError> {
     let explicit = body
         .and_then(|b| b.get("variant"))
         .and_then(Value::as_str)
         .map(str::to_string)
-        .or_else(|| headers.get(VARIANT).and_then(|v| v.to_str().ok()).map(str::to_string));
+        .or_else(|| {
+            headers
+                .get(VARIANT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
     if let Some(name) = explicit {
-        return active.arm(&name).map(|(i, _)| i).ok_or_else(|| unknown_arm(active, &name));
+        return active
+            .arm(&name)
+            .map(|(i, _)| i)
+            .ok_or_else(|| unknown_arm(active, &name));
     }
     if let Some(owner) = body
         .and_then(|b| b.get("prediction_id"))
@@ -465,7 +548,10 @@ fn health(router: &Router, active: &Active) -> Response<Full<Bytes>> {
             consecutive_failures: arm.health.consecutive_failures(),
             last_error: arm.health.last_error(),
         };
-        arms.insert(arm.config.name.clone(), serde_json::to_value(view).unwrap_or(Value::Null));
+        arms.insert(
+            arm.config.name.clone(),
+            serde_json::to_value(view).unwrap_or(Value::Null),
+        );
     }
     let (status, code) = match up {
         0 => ("unhealthy", StatusCode::SERVICE_UNAVAILABLE),

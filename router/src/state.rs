@@ -53,7 +53,10 @@ pub struct Active {
 impl Active {
     /// Arm by name.
     pub fn arm(&self, name: &str) -> Option<(usize, &ActiveArm)> {
-        self.arms.iter().enumerate().find(|(_, a)| a.config.name == name)
+        self.arms
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.config.name == name)
     }
 
     /// Health of each arm, in config order.

@@ -134,10 +134,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-user-id", HeaderValue::from_static("u1"));
         strip_hop_by_hop(&mut h);
@@ -154,12 +160,23 @@ mod tests {
             scheme: http::uri::Scheme::HTTP,
             authority: http::uri::Authority::from_static("127.0.0.1:6001"),
         };
-        let client_uri: Uri = "http://evil.example:80/predict?x=1".parse().unwrap_or_default();
+        let client_uri: Uri = "http://evil.example:80/predict?x=1"
+            .parse()
+            .unwrap_or_default();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("evil.example"));
-        headers.insert(crate::service::OVERRIDE_TOKEN, HeaderValue::from_static("secret"));
-        let req = build_request(&arm, Method::POST, client_uri.path_and_query(), headers, Bytes::new())
-            .unwrap_or_else(|e| panic!("{e}"));
+        headers.insert(
+            crate::service::OVERRIDE_TOKEN,
+            HeaderValue::from_static("secret"),
+        );
+        let req = build_request(
+            &arm,
+            Method::POST,
+            client_uri.path_and_query(),
+            headers,
+            Bytes::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(req.uri().to_string(), "http://127.0.0.1:6001/predict?x=1");
         assert!(req.headers().get(header::HOST).is_none());
         assert!(req.headers().get(crate::service::OVERRIDE_TOKEN).is_none());

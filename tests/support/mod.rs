@@ -53,7 +53,10 @@ pub async fn wait_ok(url: &str, within: Duration) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "{url} not ready within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -156,7 +159,9 @@ pub fn router_toml(arms: &[(&str, &str, f64)], extra_top: &str, extra_tables: &s
         "listen = \"127.0.0.1:0\"\n{extra_top}\n[experiment]\nname = \"test\"\nsalt = \"wine-2026-11\"\n"
     );
     for (name, url, weight) in arms {
-        text.push_str(&format!("[[arms]]\nname = \"{name}\"\nurl = \"{url}\"\nweight = {weight}\n"));
+        text.push_str(&format!(
+            "[[arms]]\nname = \"{name}\"\nurl = \"{url}\"\nweight = {weight}\n"
+        ));
     }
     if !extra_tables.contains("[health]") {
         text.push_str("[health]\ninterval_ms = 200\ntimeout_ms = 300\nunhealthy_threshold = 1\nhealthy_threshold = 1\n");
@@ -184,9 +189,15 @@ impl RouterHandle {
         let file = dir.path().join("router.toml");
         std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
         let config = RouterConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        let router = Router::new(config, abgate_router::state::config_hash(text)).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let router = Router::new(config, abgate_router::state::config_hash(text))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let served = Arc::clone(&router);
         let done = tokio::spawn(async move {
@@ -195,7 +206,14 @@ impl RouterHandle {
             })
             .await;
         });
-        let handle = RouterHandle { url, router, file, stop: Some(stop), done: Some(done), _dir: dir };
+        let handle = RouterHandle {
+            url,
+            router,
+            file,
+            stop: Some(stop),
+            done: Some(done),
+            _dir: dir,
+        };
         // Ready once it answers at all (health may be 503 when every arm is down).
         let c = HttpClient::new(Duration::from_secs(2));
         eventually("router answers", Duration::from_secs(10), || {
@@ -215,13 +233,20 @@ impl RouterHandle {
     }
 
     pub async fn predict(&self, c: &HttpClient, user: &str) -> Reply {
-        c.post_json(&format!("{}/predict", self.url), &[("x-user-id", user)], predict_body())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
+        c.post_json(
+            &format!("{}/predict", self.url),
+            &[("x-user-id", user)],
+            predict_body(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn get_json(&self, c: &HttpClient, path: &str) -> serde_json::Value {
-        c.get(&format!("{}{path}", self.url)).await.unwrap_or_else(|e| panic!("{e}")).json()
+        c.get(&format!("{}{path}", self.url))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
     }
 
     pub async fn stop(mut self) {
@@ -243,7 +268,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()
@@ -258,26 +285,41 @@ pub struct StubArm {
 
 impl StubArm {
     pub async fn start(delay: Duration, status: StatusCode) -> StubArm {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(abgate_common::http::serve(
             listener,
             move |req: Request<Incoming>| async move {
                 if req.uri().path() == "/api/health" {
-                    return Response::new(Full::new(Bytes::from_static(b"{\"status\":\"healthy\"}")));
+                    return Response::new(Full::new(Bytes::from_static(
+                        b"{\"status\":\"healthy\"}",
+                    )));
                 }
                 tokio::time::sleep(delay).await;
-                let mut r = Response::new(Full::new(Bytes::from_static(b"{\"prediction\": 1.0, \"variant\": \"stub\"}")));
+                let mut r = Response::new(Full::new(Bytes::from_static(
+                    b"{\"prediction\": 1.0, \"variant\": \"stub\"}",
+                )));
                 *r.status_mut() = status;
                 r
             },
             async {
                 let _ = stopped.await;
             },
-            abgate_common::http::ServeOptions { shutdown_grace: Duration::from_millis(100), ..Default::default() },
+            abgate_common::http::ServeOptions {
+                shutdown_grace: Duration::from_millis(100),
+                ..Default::default()
+            },
         ));
-        StubArm { url, stop: Some(stop) }
+        StubArm {
+            url,
+            stop: Some(stop),
+        }
     }
 }
 
