@@ -1,0 +1,1 @@
+//! Load generation and comparison tooling for abgate (see `benches/README.md`).
