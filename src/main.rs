@@ -87,6 +87,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Servers run one single-threaded runtime per worker thread (see
+/// `abgate_common::http::serve_on_threads`); this is the first one.
+fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     single_threaded_forward_passes();
@@ -107,10 +115,10 @@ fn main() -> ExitCode {
                 })
             })
             .map_err(|e| e.to_string()),
-        Command::ModelServer { config } => runtime()
+        Command::ModelServer { config } => serving_runtime()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(model_server(config))),
-        Command::Router { config } => runtime()
+        Command::Router { config } => serving_runtime()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(router(config))),
         Command::Check { config, active } => {

@@ -101,6 +101,97 @@ pub async fn serve<H, Fut, B>(
     }
 }
 
+/// Like [`serve`], but accepts on `workers` threads: this task's runtime plus
+/// `workers - 1` threads each running its own single-threaded runtime on a clone of
+/// the listening socket (thread per core, like nginx workers: a connection stays on
+/// one thread, so no request pays for cross-thread wake-ups). Returns when every
+/// worker has drained.
+pub async fn serve_on_threads<H, Fut, B>(
+    listener: TcpListener,
+    workers: usize,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut done = Vec::new();
+    for i in 1..workers.max(1) {
+        let std_listener = match listener_clone(&listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clone the listener; serving on fewer threads");
+                break;
+            }
+        };
+        let (handler, options, mut stopping) = (handler.clone(), options.clone(), stopping.clone());
+        let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(format!("http-worker-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(rt) => rt.block_on(async move {
+                        match TcpListener::from_std(std_listener) {
+                            Ok(l) => {
+                                serve(
+                                    l,
+                                    handler,
+                                    async move {
+                                        let _ = stopping.wait_for(|s| *s).await;
+                                    },
+                                    options,
+                                )
+                                .await
+                            }
+                            Err(e) => tracing::error!(error = %e, "worker cannot listen"),
+                        }
+                    }),
+                    Err(e) => tracing::error!(error = %e, "worker cannot start a runtime"),
+                }
+                let _ = finished.send(());
+            });
+        match spawned {
+            Ok(_) => done.push(finished_rx),
+            Err(e) => tracing::warn!(error = %e, "cannot start worker thread"),
+        }
+    }
+    let mut stopping_here = stopping.clone();
+    let relay = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(
+        relay,
+        serve(
+            listener,
+            handler,
+            async move {
+                let _ = stopping_here.wait_for(|s| *s).await;
+            },
+            options
+        )
+    );
+    for finished in done {
+        let _ = finished.await;
+    }
+}
+
+/// Duplicates the listening socket (`dup(2)`) so another runtime can accept on it.
+fn listener_clone(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd;
+    let std_listener = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    std_listener.set_nonblocking(true)?;
+    Ok(std_listener)
+}
+
 /// Resolves on SIGINT or SIGTERM (the first to arrive).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -22,6 +22,8 @@ struct RawConfig {
     #[serde(default = "default_max_batch")]
     max_batch_size: usize,
     #[serde(default)]
+    workers: usize,
+    #[serde(default)]
     inference_threads: usize,
     #[serde(default = "default_queue")]
     inference_queue: usize,
@@ -75,6 +77,8 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// Largest accepted `instances` batch.
     pub max_batch_size: usize,
+    /// Threads serving HTTP (0 in the file means one per core).
+    pub workers: usize,
     /// Threads running forward passes (0 in the file means one per core).
     pub inference_threads: usize,
     /// Forward-pass jobs that may wait before requests are shed with 503.
@@ -147,18 +151,16 @@ impl ServerConfig {
         ] {
             positive(key, v as usize)?;
         }
-        let inference_threads = if raw.inference_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            raw.inference_threads
-        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let or_cores = |n: usize| if n == 0 { cores } else { n };
         Ok(ServerConfig {
             variant: raw.variant,
             listen,
             model_dir: config::resolve_relative(path, &raw.model_dir),
             body_limit_bytes: raw.body_limit_bytes,
             max_batch_size: raw.max_batch_size,
-            inference_threads,
+            workers: or_cores(raw.workers),
+            inference_threads: or_cores(raw.inference_threads),
             inference_queue: raw.inference_queue,
             recent_predictions: raw.recent_predictions,
             body_timeout: Duration::from_millis(raw.body_timeout_ms),

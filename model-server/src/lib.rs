@@ -56,8 +56,9 @@ pub async fn run(
         ..Default::default()
     };
     let handler_state = Arc::clone(&state);
-    abgate_common::http::serve(
+    abgate_common::http::serve_on_threads(
         listener,
+        state.config.workers,
         move |req| service::handle(Arc::clone(&handler_state), req),
         shutdown,
         options,

@@ -317,10 +317,12 @@ pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
             },
             // Routing hints the router may leave in the body.
             "variant" | "user_id" => {}
-            other => return Err(invalid(format!(
+            other => {
+                return Err(invalid(format!(
                 "unknown field `{}`; expected `prediction_id`, `feedback_type`, `rating`, `actual`",
                 truncate(other, 64)
-            ))),
+            )))
+            }
         }
     }
     let prediction_id = prediction_id.ok_or_else(|| invalid("missing `prediction_id`".into()))?;

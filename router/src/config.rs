@@ -28,6 +28,8 @@ struct RawConfig {
     max_concurrent_requests: usize,
     #[serde(default = "default_grace")]
     shutdown_grace_ms: u64,
+    #[serde(default)]
+    workers: usize,
     experiment: RawExperiment,
     arms: Vec<RawArm>,
     #[serde(default)]
@@ -166,6 +168,8 @@ pub struct RouterConfig {
     pub max_concurrent_requests: usize,
     /// In-flight requests get this long to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Threads accepting and serving connections (0 in the file: one per core).
+    pub workers: usize,
     /// Experiment name (informational).
     pub experiment: String,
     /// Salt of the assignment hash; changing it reshuffles every user.
@@ -373,6 +377,11 @@ impl RouterConfig {
             body_limit_bytes: raw.body_limit_bytes,
             max_concurrent_requests: raw.max_concurrent_requests,
             shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+            workers: if raw.workers == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                raw.workers
+            },
             experiment: raw.experiment.name,
             salt: raw.experiment.salt,
             arms,

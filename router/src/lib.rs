@@ -72,8 +72,10 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     };
     drop(active);
     let handler_router = Arc::clone(&router);
-    abgate_common::http::serve(
+    let workers = router.active().config.workers;
+    abgate_common::http::serve_on_threads(
         listener,
+        workers,
         move |req| service::handle(Arc::clone(&handler_router), req),
         shutdown,
         options,

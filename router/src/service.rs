@@ -20,7 +20,7 @@ use crate::assignment::{pick_among, position, unit_interval};
 use crate::error::RouterError;
 use crate::metrics::Source;
 use crate::state::{Active, Router};
-use crate::upstream::{build_request, send};
+use crate::upstream::{build_request, client_for, send};
 
 /// Body of every router response: its own JSON, or the arm's streamed body.
 pub type RouterBody = Either<Full<Bytes>, Incoming>;
@@ -303,7 +303,7 @@ async fn predict(
         ) {
             Ok(upstream_req) => {
                 send(
-                    &active.client,
+                    &client_for(&active.config.upstream),
                     &arm.config,
                     upstream_req,
                     active.config.upstream.request_timeout,
@@ -441,7 +441,7 @@ async fn feedback(
     ) {
         Ok(r) => {
             send(
-                &active.client,
+                &client_for(&active.config.upstream),
                 &arm.config,
                 r,
                 active.config.upstream.request_timeout,

@@ -34,6 +34,28 @@ pub fn build_client(config: &UpstreamConfig) -> UpstreamClient {
         .build(connector)
 }
 
+thread_local! {
+    static THREAD_CLIENT: std::cell::RefCell<Option<(UpstreamConfig, UpstreamClient)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The client of the calling thread for `config`. Each worker thread keeps its own
+/// pool, so a pooled connection is driven by the thread that uses it; the pool is
+/// rebuilt when a reload changes the upstream settings.
+pub fn client_for(config: &UpstreamConfig) -> UpstreamClient {
+    THREAD_CLIENT.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        match &*cached {
+            Some((settings, client)) if settings == config => client.clone(),
+            _ => {
+                let client = build_client(config);
+                *cached = Some((config.clone(), client.clone()));
+                client
+            }
+        }
+    })
+}
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
