@@ -404,7 +404,7 @@ mod tests {
         let s = schema();
         let many: String = format!(
             "{{\"instances\": [{}]}}",
-            vec![r#"{"alcohol":1,"ph":2}"#; 11].join(",")
+            [r#"{"alcohol":1,"ph":2}"#; 11].join(",")
         );
         let cases: Vec<(&str, ErrorKind, &str)> = vec![
             ("", ErrorKind::InvalidJson, "empty"),

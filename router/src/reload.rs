@@ -22,8 +22,35 @@ pub enum Outcome {
     Rejected(String),
 }
 
-/// Reads the active config's file and applies it if it changed (or if `force`).
-pub fn reload(router: &Router, force: bool) -> Outcome {
+/// How long a file that fails to parse is given to settle (an editor may still be
+/// writing it in place) before the failure is reported.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// Reads the active config's file and applies it if it changed (or if `force`). A
+/// file that fails to parse is read again after a short pause: if it changed
+/// meanwhile it was caught mid-write, and the newer text is judged instead.
+pub async fn reload(router: &Router, force: bool) -> Outcome {
+    let mut outcome = reload_once(router, force);
+    for _ in 0..5 {
+        let Outcome::Rejected(_) = &outcome else {
+            break;
+        };
+        let seen = router.active().config.path.clone();
+        let before = std::fs::read(&seen).unwrap_or_default();
+        tokio::time::sleep(SETTLE).await;
+        if std::fs::read(&seen).unwrap_or_default() == before {
+            break;
+        }
+        outcome = reload_once(router, force);
+    }
+    if let Outcome::Rejected(message) = &outcome {
+        tracing::error!(reason = %message, "config reload rejected; keeping the previous config");
+        router.record_reload(ReloadResult::Failure, Some(message.clone()));
+    }
+    outcome
+}
+
+fn reload_once(router: &Router, force: bool) -> Outcome {
     let active = router.active();
     let path = active.config.path.clone();
     let text = match std::fs::read_to_string(&path) {
@@ -33,8 +60,7 @@ pub fn reload(router: &Router, force: bool) -> Outcome {
             if e.kind() == std::io::ErrorKind::NotFound && !force {
                 return Outcome::Incomplete;
             }
-            let message = format!("{}: cannot read: {e}", path.display());
-            return reject(router, message);
+            return Outcome::Rejected(format!("{}: cannot read: {e}", path.display()));
         }
     };
     if text.trim().is_empty() {
@@ -46,12 +72,9 @@ pub fn reload(router: &Router, force: bool) -> Outcome {
     }
     match RouterConfig::parse(&path, &text) {
         Err(e) => {
-            let outcome = reject(router, e.to_string());
             // Remember the rejected text so it is reported once, not at every poll.
-            if let Outcome::Rejected(_) = &outcome {
-                router.remember_rejected(hash);
-            }
-            outcome
+            router.remember_rejected(hash);
+            Outcome::Rejected(e.to_string())
         }
         Ok(config) => {
             if config.listen != active.config.listen {
@@ -74,12 +97,6 @@ pub fn reload(router: &Router, force: bool) -> Outcome {
             Outcome::Applied(version)
         }
     }
-}
-
-fn reject(router: &Router, message: String) -> Outcome {
-    tracing::error!(reason = %message, "config reload rejected; keeping the previous config");
-    router.record_reload(ReloadResult::Failure, Some(message.clone()));
-    Outcome::Rejected(message)
 }
 
 /// Polls the file every `reload.poll_interval_ms` and reloads on SIGHUP, forever.
@@ -106,6 +123,6 @@ pub async fn watch(router: Arc<Router>) {
         if forced {
             tracing::info!("SIGHUP received, reloading config");
         }
-        reload(&router, forced);
+        reload(&router, forced).await;
     }
 }

@@ -334,3 +334,82 @@ impl Drop for StubArm {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Resident memory of a process, in KiB (from /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A real `abgate router` process on a free port, killed on drop.
+pub struct RouterProcess {
+    pub url: String,
+    pub file: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RouterProcess {
+    /// Starts the router binary with `text` (whose `listen` must be `127.0.0.1:0`; it
+    /// is replaced by a free port).
+    pub async fn start(text: &str) -> RouterProcess {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("router.toml");
+        let port = free_port();
+        std::fs::write(
+            &file,
+            text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(abgate())
+            .args(["router", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let router = RouterProcess {
+            url,
+            file,
+            child: Some(child),
+            _dir: dir,
+        };
+        let c = HttpClient::new(Duration::from_secs(2));
+        eventually("router process answers", Duration::from_secs(30), || {
+            let (c, u) = (c.clone(), format!("{}/api/config", router.url));
+            async move { c.get(&u).await.is_ok() }
+        })
+        .await;
+        router
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
