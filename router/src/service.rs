@@ -67,10 +67,33 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
         })
         .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>()))
-                .unwrap_or_else(|_| HeaderValue::from_static("0"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh request id: 32 hex digits from a random per-thread prefix and a counter,
+/// so ids are unique without drawing randomness for every request.
+fn new_request_id() -> HeaderValue {
+    use std::cell::Cell;
+    thread_local! {
+        static NEXT: Cell<(u64, u64)> = Cell::new((rand::random(), 0));
+    }
+    let (prefix, n) = NEXT.with(|c| {
+        let (p, n) = c.get();
+        c.set((p, n.wrapping_add(1)));
+        (p, n)
+    });
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, byte) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(n.to_be_bytes().iter())
+        .enumerate()
+    {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 const ROUTES: [(&str, Method); 6] = [
@@ -240,14 +263,10 @@ fn with_variant_headers(
 ) -> Response<RouterBody> {
     let headers = response.headers_mut();
     if let Some(served) = served {
-        if let Ok(v) = HeaderValue::from_str(&active.arms[served].config.name) {
-            headers.insert(VARIANT, v);
-        }
+        headers.insert(VARIANT, active.arms[served].header.clone());
     }
     if served != Some(assigned) {
-        if let Ok(v) = HeaderValue::from_str(&active.arms[assigned].config.name) {
-            headers.insert(ASSIGNED_VARIANT, v);
-        }
+        headers.insert(ASSIGNED_VARIANT, active.arms[assigned].header.clone());
     }
     response
 }

@@ -28,6 +28,8 @@ pub struct ActiveArm {
     pub health: Arc<ArmHealth>,
     /// Its pre-resolved series.
     pub series: ArmSeries,
+    /// Its name as a header value (`X-Variant`), built once.
+    pub header: http::HeaderValue,
 }
 
 /// A configuration version in force.
@@ -179,6 +181,9 @@ impl Router {
                     .clone();
                 health.set_gauge(series.up.clone());
                 ActiveArm {
+                    // Validated names are letters, digits and `_`: always a valid value.
+                    header: http::HeaderValue::from_str(&arm.name)
+                        .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
                     config: arm.clone(),
                     share: *share,
                     health,

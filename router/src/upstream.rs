@@ -71,6 +71,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including any named by `Connection`, and
 /// `Transfer-Encoding` (the body is re-framed).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: check before paying for removals.
+    let any = headers
+        .keys()
+        .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
