@@ -2,8 +2,7 @@
 //! `model.safetensors` (its weights). This module loads and checks both, and runs the
 //! candle forward pass on a batch of rows.
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::Linear;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -220,11 +219,20 @@ pub fn bias_name(layer: usize) -> String {
     format!("layers.{layer}.bias")
 }
 
+/// One dense layer, with its weight stored transposed (`[inputs, outputs]`,
+/// contiguous) so the forward pass is a plain `x · Wᵀ` matmul without a strided view.
+#[derive(Debug)]
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+    activation: Activation,
+}
+
 /// A loaded, checked model ready to predict.
 #[derive(Debug)]
 pub struct Model {
     spec: ModelSpec,
-    layers: Vec<(Linear, Activation)>,
+    layers: Vec<Dense>,
     dir: PathBuf,
 }
 
@@ -284,7 +292,7 @@ impl Model {
         spec: &ModelSpec,
         tensors: &mut HashMap<String, Tensor>,
         path: &Path,
-    ) -> Result<Vec<(Linear, Activation)>, ModelServerError> {
+    ) -> Result<Vec<Dense>, ModelServerError> {
         let mut take = |name: String, shape: &[usize]| -> Result<Tensor, ModelServerError> {
             let tensor = tensors
                 .remove(&name)
@@ -318,7 +326,11 @@ impl Model {
             .map(|(i, l)| {
                 let w = take(weight_name(i), &[l.outputs, l.inputs])?;
                 let b = take(bias_name(i), &[l.outputs])?;
-                Ok((Linear::new(w, Some(b)), l.activation))
+                Ok(Dense {
+                    weight_t: w.t()?.contiguous()?,
+                    bias: b,
+                    activation: l.activation,
+                })
             })
             .collect()
     }
@@ -341,9 +353,9 @@ impl Model {
             self.spec.normalize(row);
         }
         let mut x = Tensor::from_vec(features, (rows, width), &Device::Cpu)?;
-        for (linear, activation) in &self.layers {
-            x = linear.forward(&x)?;
-            x = match activation {
+        for layer in &self.layers {
+            x = x.matmul(&layer.weight_t)?.broadcast_add(&layer.bias)?;
+            x = match layer.activation {
                 Activation::Relu => x.relu()?,
                 Activation::Tanh => x.tanh()?,
                 Activation::Identity => x,

@@ -1,0 +1,92 @@
+//! Micro-benchmarks of the per-request pieces: assignment, the router's request
+//! rewriting, input validation, and the candle forward pass at batch 1, 8 and 64 for
+//! each shipped arm.
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
+use abgate_model_server::validation::FeatureSchema;
+use abgate_model_server::Model;
+use abgate_router::assignment::{position, Split};
+use abgate_router::config::RouterConfig;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use std::hint::black_box;
+use std::path::Path;
+
+const BODY: &str = r#"{"features": {"fixed_acidity": 7.4, "volatile_acidity": 0.7, "citric_acid": 0, "residual_sugar": 1.9, "chlorides": 0.076, "free_sulfur_dioxide": 11, "total_sulfur_dioxide": 34, "density": 0.9978, "ph": 3.51, "sulphates": 0.56, "alcohol": 9.4}}"#;
+const ROW: [f32; 11] = [
+    7.4, 0.7, 0.0, 1.9, 0.076, 11.0, 34.0, 0.9978, 3.51, 0.56, 9.4,
+];
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn assignment(c: &mut Criterion) {
+    let split = Split::new(&[90.0, 10.0]).unwrap_or_else(|| panic!("split"));
+    let keys: Vec<String> = (0..1024).map(|i| format!("user-{i}")).collect();
+    let mut i = 0;
+    c.bench_function("assignment/position+pick", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(split.pick(position("wine-2026-11", black_box(&keys[i]))))
+        })
+    });
+}
+
+fn request_rewrite(c: &mut Criterion) {
+    let config =
+        RouterConfig::load(&repo().join("config/router.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let arm = config.arms[0].clone();
+    let uri: Uri = "/predict".parse().unwrap_or_else(|e| panic!("{e}"));
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("x-user-id", HeaderValue::from_static("user-42"));
+    headers.insert("host", HeaderValue::from_static("localhost:8080"));
+    headers.insert("user-agent", HeaderValue::from_static("wrk"));
+    headers.insert("content-length", HeaderValue::from_static("230"));
+    let body = Bytes::from_static(BODY.as_bytes());
+    c.bench_function("router/build_upstream_request", |b| {
+        b.iter(|| {
+            black_box(abgate_router::upstream::build_request(
+                &arm,
+                Method::POST,
+                uri.path_and_query(),
+                headers.clone(),
+                body.clone(),
+            ))
+        })
+    });
+}
+
+fn validation(c: &mut Criterion) {
+    let model = Model::load(&repo().join("models/best_model")).unwrap_or_else(|e| panic!("{e}"));
+    let schema = FeatureSchema::new(&model.spec().features);
+    c.bench_function("validation/parse_predict_single", |b| {
+        b.iter(|| black_box(schema.parse_predict(black_box(BODY.as_bytes()), 1024)))
+    });
+}
+
+fn forward(c: &mut Criterion) {
+    // One thread per forward pass, as the server runs them (see DESIGN.md).
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    for arm in ["best_model", "candidate_model"] {
+        let model = Model::load(&repo().join("models").join(arm)).unwrap_or_else(|e| panic!("{e}"));
+        let mut group = c.benchmark_group(format!("forward/{arm}"));
+        for rows in [1usize, 8, 64] {
+            let values: Vec<f32> = ROW.iter().copied().cycle().take(rows * ROW.len()).collect();
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(rows), &rows, |b, &rows| {
+                b.iter(|| black_box(model.predict(values.clone(), rows)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = assignment, request_rewrite, validation, forward
+}
+criterion_main!(benches);
