@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison: direct to an arm, through abgate's router, through nginx
+(`split_clients`) and through HAProxy (`balance hdr(X-User-Id)`), on the same
+backends, interleaved round by round, at equal worker counts.
+
+    python3 benches/compare.py                 # full run (~10 min), writes benches/results/
+    python3 benches/compare.py --quick         # CI smoke: seconds, checks only
+
+For each backend kind (trivial hyper stubs, then the real model servers) and each
+worker count (1 and 2): closed-loop throughput with wrk (median, min-max over the
+rounds), CPU microseconds per request of the proxy process(es) from /proc/<pid>/stat,
+latency percentiles at fixed rates (about 25% and 70% of the slowest proxy's maximum)
+with the coordinated-omission-corrected open loop of `loadgen`, peak RSS (VmHWM), and
+the ratios against direct, nginx and HAProxy. Every open-loop run also checks the
+split against the weights (SRM over users) and that no user changed arm; any error,
+split mismatch or stickiness violation fails the run (exit 1).
+
+Needs nginx, haproxy and wrk (Debian packages); with --install it runs apt-get.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.path.join(ROOT, "benches", "peers")
+WEIGHTS = {"best_model": 90, "candidate_model": 10}
+SALT = "wine-2026-11"
+BODY = ('{"features": {"fixed_acidity": 7.4, "volatile_acidity": 0.7, "citric_acid": 0, '
+        '"residual_sugar": 1.9, "chlorides": 0.076, "free_sulfur_dioxide": 11, '
+        '"total_sulfur_dioxide": 34, "density": 0.9978, "ph": 3.51, "sulphates": 0.56, '
+        '"alcohol": 9.4}}')
+WRK_SCRIPT = """
+local body = '%s'
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json", ["X-User-Id"] = "user-" .. (counter %% 10000)}, body)
+end
+""" % BODY
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def children(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Stack:
+    """Processes started for one (backend kind, worker count) cell."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+
+    def start(self, name, cmd, port, env=None):
+        log_file = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        p = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {})}, start_new_session=True)
+        self.procs.append(p)
+        deadline = time.time() + 30
+        while True:
+            try:
+                wait_port(port, timeout=0.5)
+                return p
+            except RuntimeError:
+                if p.poll() is not None or time.time() > deadline:
+                    with open(os.path.join(self.tmp, f"{name}.log")) as f:
+                        tail = f.read()[-2000:]
+                    raise RuntimeError(f"{name} did not start ({' '.join(cmd)}):\n{tail}")
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        self.procs = []
+
+
+def wrk(url, seconds, script):
+    out = subprocess.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = next(float(l.split()[1]) for l in out.splitlines() if l.startswith("Requests/sec"))
+    total = next(int(l.split()[0]) for l in out.splitlines() if "requests in" in l)
+    # wrk prints these lines only when something went wrong.
+    problems = [l.strip() for l in out.splitlines() if "Non-2xx" in l or "Socket errors" in l]
+    return rps, total, problems
+
+
+def loadgen(binary, url, rate, seconds, weights, out_json):
+    cmd = [binary, "--target", url, "--mode", "open", "--rate", str(int(rate)),
+           "--connections", "64", "--duration", f"{seconds}s", "--users", "10000",
+           "--json", out_json]
+    if weights:
+        cmd += ["--weights", ",".join(f"{k}={v}" for k, v in WEIGHTS.items())]
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out_json) as f:
+        return json.load(f)
+
+
+def render(template, out, **values):
+    with open(os.path.join(PEERS, template)) as f:
+        text = f.read()
+    with open(out, "w") as f:
+        f.write(text.format(**values))
+
+
+def router_config(path, listen, best, candidate, workers):
+    with open(path, "w") as f:
+        f.write(f"""listen = "{listen}"
+workers = {workers}
+max_concurrent_requests = 100000
+[experiment]
+name = "bench"
+salt = "{SALT}"
+[[arms]]
+name = "best_model"
+url = "http://{best}"
+weight = {WEIGHTS['best_model']}
+[[arms]]
+name = "candidate_model"
+url = "http://{candidate}"
+weight = {WEIGHTS['candidate_model']}
+""")
+
+
+def model_config(path, arm, listen, workers):
+    with open(path, "w") as f:
+        f.write(f'variant = "{arm}"\nlisten = "{listen}"\nmodel_dir = "{ROOT}/models/{arm}"\n'
+                f'workers = {workers}\n')
+
+
+def run_cell(args, bins, backend, workers, tmp):
+    """One backend kind at one worker count: every path, interleaved."""
+    stack = Stack(tmp)
+    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy")}
+    addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
+    try:
+        for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
+            if backend == "stub":
+                stack.start(arm, [bins["stub"], "--listen", addr[key], "--threads", "1",
+                                  "--variant", arm], ports[key])
+            else:
+                cfg = os.path.join(tmp, f"{arm}.toml")
+                model_config(cfg, arm, addr[key], 1)
+                stack.start(arm, [bins["abgate"], "model-server", "--config", cfg], ports[key],
+                            env={"RUST_LOG": "warn"})
+        cfg = os.path.join(tmp, "router.toml")
+        router_config(cfg, addr["abgate"], addr["best"], addr["candidate"], workers)
+        proxies = {}
+        proxies["abgate"] = stack.start("abgate", [bins["abgate"], "router", "--config", cfg],
+                                        ports["abgate"], env={"RUST_LOG": "warn"})
+        ngx_dir = os.path.join(tmp, "nginx")
+        os.makedirs(ngx_dir, exist_ok=True)
+        render("nginx.conf.template", os.path.join(ngx_dir, "nginx.conf"), workers=workers,
+               dir=ngx_dir, best=addr["best"], candidate=addr["candidate"], salt=SALT,
+               best_percent=WEIGHTS["best_model"], listen=addr["nginx"])
+        proxies["nginx"] = stack.start("nginx", ["nginx", "-p", ngx_dir, "-c",
+                                                 os.path.join(ngx_dir, "nginx.conf")], ports["nginx"])
+        hap = os.path.join(tmp, "haproxy.cfg")
+        render("haproxy.cfg.template", hap, workers=workers, listen=addr["haproxy"],
+               best=addr["best"], candidate=addr["candidate"],
+               best_weight=WEIGHTS["best_model"], candidate_weight=WEIGHTS["candidate_model"])
+        proxies["haproxy"] = stack.start("haproxy", ["haproxy", "-db", "-f", hap], ports["haproxy"])
+        urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
+                "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}"}
+        pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
+        script = os.path.join(tmp, "predict.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT)
+        paths = ["direct", "abgate", "nginx", "haproxy"]
+        results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
+        for path in paths:  # warm every pool and cache once
+            wrk(urls[path], 1, script)
+        for r in range(args.rounds):
+            order = paths[r % len(paths):] + paths[:r % len(paths)]
+            for path in order:
+                before = cpu_seconds(pids[path]) if path in pids else 0.0
+                rps, total, errors = wrk(urls[path], args.duration, script)
+                after = cpu_seconds(pids[path]) if path in pids else 0.0
+                results[path]["rps"].append(rps)
+                results[path]["errors"] += errors
+                if path in pids and total:
+                    results[path]["cpu_us"].append((after - before) * 1e6 / total)
+                log(f"  [{backend} w={workers} round {r + 1}] {path:8} {rps:10.0f} req/s")
+        slowest = min(statistics.median(results[p]["rps"]) for p in ("abgate", "nginx", "haproxy"))
+        rates = [round(slowest * 0.25, -2), round(slowest * 0.70, -2)]
+        for path in paths:
+            results[path]["latency"] = {}
+            for rate in rates:
+                report = loadgen(bins["loadgen"], urls[path], rate, args.duration,
+                                 path != "direct", os.path.join(tmp, f"{path}-{int(rate)}.json"))
+                lat = report["overall"]["latency_us"]
+                results[path]["latency"][str(int(rate))] = {
+                    "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
+                    "errors": report["totals"]["errors"],
+                    "sticky_violations": report.get("sticky_violations", 0),
+                    "srm_p": (report.get("srm") or {}).get("p_value"),
+                    "srm_mismatch": (report.get("srm") or {}).get("mismatch", False),
+                    "shares": {k: v["share"] for k, v in report.get("arms", {}).items()},
+                }
+                log(f"  [{backend} w={workers} open {int(rate)}/s] {path:8} p50 {lat['p50']} "
+                    f"p99 {lat['p99']} p99.9 {lat['p999']} us")
+        for path, plist in pids.items():
+            results[path]["peak_rss_mib"] = round(peak_rss_kib(plist) / 1024, 1)
+        return {"rates": rates, "paths": results}
+    finally:
+        stack.stop()
+
+
+def summarize(cell):
+    paths = cell["paths"]
+    med = {p: statistics.median(v["rps"]) for p, v in paths.items()}
+    rows = []
+    for p, v in paths.items():
+        row = {
+            "path": p,
+            "rps_median": round(med[p]),
+            "rps_min": round(min(v["rps"])),
+            "rps_max": round(max(v["rps"])),
+            "vs_direct": round(med[p] / med["direct"], 2),
+            "vs_nginx": round(med[p] / med["nginx"], 2),
+            "vs_haproxy": round(med[p] / med["haproxy"], 2),
+            "cpu_us_per_req": round(statistics.median(v["cpu_us"]), 1) if v["cpu_us"] else None,
+            "peak_rss_mib": v.get("peak_rss_mib"),
+            "latency": v["latency"],
+        }
+        rows.append(row)
+    return rows
+
+
+def problems_of(cell, label):
+    found = []
+    for path, v in cell["paths"].items():
+        if v["errors"]:
+            found.append(f"{label} {path}: wrk errors {v['errors']}")
+        for rate, lat in v["latency"].items():
+            if lat["errors"]:
+                found.append(f"{label} {path} at {rate}/s: {lat['errors']} errors")
+            if lat["sticky_violations"]:
+                found.append(f"{label} {path} at {rate}/s: {lat['sticky_violations']} users changed arm")
+            if path != "direct" and lat["srm_mismatch"]:
+                found.append(f"{label} {path} at {rate}/s: split {lat['shares']} mismatches the "
+                             f"weights (SRM p={lat['srm_p']})")
+    return found
+
+
+def markdown(report):
+    lines = [f"Run {report['date']} on {report['machine']}; wrk -t2 -c50 closed loop "
+             f"{report['duration_s']} s x {report['rounds']} rounds interleaved; open loop with "
+             f"loadgen (64 connections, 10k users) at the rates shown.", ""]
+    for cell in report["cells"]:
+        lines.append(f"### {cell['backend']} backends, {cell['workers']} worker(s)")
+        lines.append("")
+        r1, r2 = cell["rates"]
+        lines.append(f"| path | req/s median (min-max) | vs direct | vs nginx | vs HAProxy | CPU us/req "
+                     f"| p50/p99/p99.9 us @ {int(r1)}/s | p50/p99/p99.9 us @ {int(r2)}/s | peak RSS MiB |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for row in cell["rows"]:
+            lat = [row["latency"][str(int(r))] for r in (r1, r2)]
+            fmt = lambda l: f"{l['p50']}/{l['p99']}/{l['p999']}"
+            lines.append(f"| {row['path']} | {row['rps_median']} ({row['rps_min']}-{row['rps_max']}) "
+                         f"| {row['vs_direct']} | {row['vs_nginx']} | {row['vs_haproxy']} "
+                         f"| {row['cpu_us_per_req'] if row['cpu_us_per_req'] is not None else '-'} "
+                         f"| {fmt(lat[0])} | {fmt(lat[1])} | {row['peak_rss_mib'] or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--backends", default="stub,model")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 1 s, stub, 1 worker")
+    ap.add_argument("--install", action="store_true", help="apt-get install nginx haproxy wrk if missing")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.workers, args.backends = 1, 1, "1", "stub"
+
+    missing = [p for p in ("nginx", "haproxy", "wrk") if not shutil.which(p)]
+    if missing and args.install:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "haproxy", "wrk"], check=True)
+        missing = [p for p in ("nginx", "haproxy", "wrk") if not shutil.which(p)]
+    if missing:
+        log(f"missing: {', '.join(missing)}; run `apt-get install nginx-light haproxy wrk` "
+            f"or pass --install")
+        return 2
+
+    log("building release binaries ...")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "abgate", "-p", "abgate-bench",
+                    "--bins"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    bins = {b: os.path.join(target, "release", b) for b in ("abgate", "loadgen", "stub")}
+
+    cells, problems = [], []
+    for backend in args.backends.split(","):
+        for workers in [int(w) for w in args.workers.split(",")]:
+            with tempfile.TemporaryDirectory() as tmp:
+                log(f"== {backend} backends, {workers} worker(s)")
+                cell = run_cell(args, bins, backend, workers, tmp)
+                problems += problems_of(cell, f"{backend} w={workers}")
+                cells.append({"backend": backend, "workers": workers, "rates": cell["rates"],
+                              "rows": summarize(cell)})
+
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {os.uname().release}",
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "cells": cells,
+        "problems": problems,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    md = markdown(report)
+    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    if problems:
+        log("FAILED:\n  " + "\n  ".join(problems))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
