@@ -27,6 +27,8 @@ struct RawConfig {
     inference_threads: usize,
     #[serde(default = "default_queue")]
     inference_queue: usize,
+    #[serde(default = "default_true")]
+    batch_concurrent_requests: bool,
     #[serde(default = "default_recent")]
     recent_predictions: usize,
     #[serde(default = "default_body_timeout")]
@@ -44,6 +46,9 @@ fn default_body_limit() -> usize {
 }
 fn default_max_batch() -> usize {
     1024
+}
+fn default_true() -> bool {
+    true
 }
 fn default_queue() -> usize {
     4096
@@ -83,6 +88,8 @@ pub struct ServerConfig {
     pub inference_threads: usize,
     /// Forward-pass jobs that may wait before requests are shed with 503.
     pub inference_queue: usize,
+    /// Run requests that are already queued together in one forward pass.
+    pub batch_concurrent_requests: bool,
     /// Predictions remembered for matching feedback's `actual` to its prediction.
     pub recent_predictions: usize,
     /// A request body must arrive within this time.
@@ -162,6 +169,7 @@ impl ServerConfig {
             workers: or_cores(raw.workers),
             inference_threads: or_cores(raw.inference_threads),
             inference_queue: raw.inference_queue,
+            batch_concurrent_requests: raw.batch_concurrent_requests,
             recent_predictions: raw.recent_predictions,
             body_timeout: Duration::from_millis(raw.body_timeout_ms),
             header_timeout: Duration::from_millis(raw.header_timeout_ms),

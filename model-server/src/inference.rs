@@ -2,9 +2,9 @@
 //!
 //! Requests queue jobs on a bounded channel (a full queue sheds the request with
 //! 503 `overloaded` instead of growing memory). Each worker takes one job and, if
-//! more are already waiting, drains them up to `max_batch_rows` and runs them as one
-//! forward pass: batching happens only when requests are actually concurrent, so an
-//! idle server adds no wait.
+//! more are already waiting, drains them up to `max_batch_rows` (0 turns this off)
+//! and runs them as one forward pass: batching happens only when requests are
+//! actually concurrent, so an idle server adds no wait.
 
 use abgate_common::{ApiError, ErrorKind};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};

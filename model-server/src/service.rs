@@ -86,7 +86,11 @@ impl State {
             Arc::clone(&model),
             config.inference_threads,
             config.inference_queue,
-            config.max_batch_size,
+            if config.batch_concurrent_requests {
+                config.max_batch_size
+            } else {
+                0
+            },
         )
         .map_err(|e| ModelServerError::Io {
             context: "starting inference threads".into(),

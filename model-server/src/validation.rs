@@ -56,11 +56,17 @@ fn list(names: &[&str]) -> String {
     }
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary (a limit in characters
+/// would let four-byte characters quadruple a message).
 fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+    if s.len() <= max {
+        return s;
     }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn type_name(v: &Value) -> &'static str {
