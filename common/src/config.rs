@@ -91,10 +91,25 @@ fn describe(error: figment::Error) -> String {
             } else {
                 ""
             };
+            // TOML syntax errors come with a multi-line source excerpt; keep the
+            // message to one line (the position is in its first line).
+            let kind = e.kind.to_string();
+            let kind = kind
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l
+                            .trim_start_matches(|c: char| c.is_ascii_digit())
+                            .trim_start()
+                            .starts_with('|')
+                })
+                .collect::<Vec<_>>()
+                .join(": ");
             if e.path.is_empty() {
-                format!("{}{origin}", e.kind)
+                format!("{kind}{origin}")
             } else {
-                format!("key `{}`: {}{origin}", e.path.join("."), e.kind)
+                format!("key `{}`: {kind}{origin}", e.path.join("."),)
             }
         })
         .collect::<Vec<_>>()
@@ -156,6 +171,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("key `inner.limit`"), "{err}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_reported_on_one_line() {
+        let err = parse::<Raw>(Path::new("x.toml"), "listen = \"a\"\n[inner\n", "X_NOPE_")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(err.starts_with("x.toml: "), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! limit, the JSON content-type check, and JSON responses.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
@@ -61,6 +61,9 @@ pub async fn serve<H, Fut, B>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        // `max_buf_size` alone lets a head that completes within one large read slip
+        // past the limit; `max_header_size` checks the parsed head itself.
+        .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
@@ -209,8 +212,33 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The request's `Transfer-Encoding` when it is anything but a single `chunked`.
+///
+/// hyper frames a request as chunked whenever `chunked` is the last coding of the last
+/// `Transfer-Encoding` line and hands the body on without undoing any coding before it
+/// (`gzip, chunked`) or a second `chunked`: such a body is not what the client meant,
+/// and a proxy that forwarded it would pass the ambiguity on.
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("<non-ascii>"))
+        .collect();
+    let mut codings = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => None,
+        _ => Some(values.join(", ").chars().take(64).collect()),
+    }
+}
+
 /// Reads a request body of at most `limit` bytes within `timeout`. A declared
-/// `Content-Length` over the limit is refused before any byte is read.
+/// `Content-Length` over the limit is refused before any byte is read, and so is a
+/// transfer coding other than a single `chunked`.
 pub async fn read_body<B>(
     headers: &HeaderMap,
     body: B,
@@ -227,6 +255,14 @@ where
             format!("request body exceeds the limit of {limit} bytes"),
         )
     };
+    if let Some(coding) = unsupported_transfer_coding(headers) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "Transfer-Encoding {coding:?} is not supported; send the body with Content-Length or `Transfer-Encoding: chunked` alone"
+            ),
+        ));
+    }
     if let Some(len) = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -364,6 +400,27 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::PayloadTooLarge);
+    }
+
+    #[test]
+    fn only_a_single_chunked_transfer_coding_is_accepted() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            unsupported_transfer_coding(&h)
+        };
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&["chunked"]), None);
+        assert_eq!(with(&["Chunked"]), None);
+        assert_eq!(with(&[" chunked ,"]), None);
+        assert_eq!(with(&["gzip, chunked"]).as_deref(), Some("gzip, chunked"));
+        assert_eq!(
+            with(&["chunked", "chunked"]).as_deref(),
+            Some("chunked, chunked")
+        );
+        assert_eq!(with(&["identity"]).as_deref(), Some("identity"));
     }
 
     #[tokio::test]

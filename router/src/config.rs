@@ -319,6 +319,13 @@ impl RouterConfig {
                 authority,
             });
         }
+        let total: f64 = arms.iter().map(|a| a.weight).sum();
+        if !total.is_finite() {
+            return Err(invalid(
+                "arms",
+                format!("weights add up to {total}; they are relative, use smaller numbers"),
+            ));
+        }
         if Split::new(&arms.iter().map(|a| a.weight).collect::<Vec<_>>()).is_none() {
             return Err(invalid(
                 "arms",
@@ -511,6 +518,20 @@ token = "s3cret"
                 .unwrap_err();
         assert!(
             err.starts_with("router.toml: key `arms`: every weight is 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn weights_that_overflow_are_rejected() {
+        let err = parse(&replace("weight = 10", "weight = 1e308").replacen(
+            "weight = 90",
+            "weight = 1e308",
+            1,
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("router.toml: key `arms`: weights add up to inf"),
             "{err}"
         );
     }
