@@ -158,6 +158,19 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     })
 }
 
+/// A JSON request's body, read under the configured size and time limits.
+async fn json_body(state: &State, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    require_json(req.headers())?;
+    let (parts, body) = req.into_parts();
+    read_body(
+        &parts.headers,
+        body,
+        state.config.body_limit_bytes,
+        state.config.body_timeout,
+    )
+    .await
+}
+
 #[derive(Serialize)]
 struct SinglePrediction<'a> {
     prediction: f32,
@@ -192,15 +205,7 @@ async fn predict_inner(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    require_json(req.headers())?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        state.config.body_limit_bytes,
-        state.config.body_timeout,
-    )
-    .await?;
+    let body = json_body(state, req).await?;
     let rows = state
         .schema
         .parse_predict(&body, state.config.max_batch_size)?;
@@ -248,15 +253,7 @@ async fn feedback(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    require_json(req.headers())?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(
-        &parts.headers,
-        body,
-        state.config.body_limit_bytes,
-        state.config.body_timeout,
-    )
-    .await?;
+    let body = json_body(state, req).await?;
     let fb = parse_feedback(&body)?;
     let variant = state.config.variant.as_str();
     let lookup = state.recent.lookup(&fb.prediction_id);
