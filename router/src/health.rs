@@ -115,7 +115,7 @@ pub async fn check_all(router: &Arc<Router>) {
     let active = router.active();
     let mut checks = JoinSet::new();
     for arm in &active.arms {
-        let client = active.client.clone();
+        let client = crate::upstream::client_for(&active.config.upstream);
         let url = format!("{}/api/health", arm.config.url);
         let health = Arc::clone(&arm.health);
         let config = active.config.health.clone();

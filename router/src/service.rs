@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::assignment::{pick_among, position, unit_interval};
 use crate::error::RouterError;
 use crate::metrics::Source;
-use crate::state::{Active, Router};
+use crate::state::{Active, ActiveArm, Router};
 use crate::upstream::{build_request, client_for, send};
 
 /// Body of every router response: its own JSON, or the arm's streamed body.
@@ -46,8 +46,7 @@ pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<Rou
     let mut response = match router.admit(active.config.max_concurrent_requests) {
         None => {
             let err = RouterError::Overloaded(active.config.max_concurrent_requests).to_api();
-            router.metrics.unassigned.error(err.kind);
-            own(error_response(&err))
+            reject_unassigned(&router, &err)
         }
         Some(_slot) => route(&router, &active, req, &request_id).await,
     };
@@ -57,6 +56,36 @@ pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<Rou
 
 fn own(response: Response<Full<Bytes>>) -> Response<RouterBody> {
     response.map(Either::Left)
+}
+
+/// Answers and counts an error that happened before any arm was chosen.
+fn reject_unassigned(router: &Router, err: &ApiError) -> Response<RouterBody> {
+    router.metrics.unassigned.error(err.kind);
+    own(error_response(err))
+}
+
+/// Sends `body` with `headers` to `arm`, at the client's path and query.
+async fn forward(
+    active: &Active,
+    arm: &ActiveArm,
+    uri: &http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Incoming>, RouterError> {
+    let request = build_request(
+        &arm.config,
+        Method::POST,
+        uri.path_and_query(),
+        headers,
+        body,
+    )?;
+    send(
+        &client_for(&active.config.upstream),
+        &arm.config,
+        request,
+        active.config.upstream.request_timeout,
+    )
+    .await
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -117,8 +146,7 @@ async fn route(
             ErrorKind::NotFound,
             format!("no route {path}; try POST /predict"),
         );
-        router.metrics.unassigned.error(err.kind);
-        return own(error_response(&err));
+        return reject_unassigned(router, &err);
     };
     let method = req.method();
     if method != allowed && !(method == Method::HEAD && allowed == Method::GET) {
@@ -126,12 +154,11 @@ async fn route(
             ErrorKind::MethodNotAllowed,
             format!("{path} accepts {allowed} only"),
         );
-        router.metrics.unassigned.error(err.kind);
-        let mut response = error_response(&err);
+        let mut response = reject_unassigned(router, &err);
         if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
             response.headers_mut().insert(ALLOW, v);
         }
-        return own(response);
+        return response;
     }
     match *route {
         "/predict" => predict(router, active, req, request_id).await,
@@ -288,16 +315,12 @@ async fn predict(
     .await
     {
         Ok(b) => b,
-        Err(e) => {
-            router.metrics.unassigned.error(e.kind);
-            return own(error_response(&e));
-        }
+        Err(e) => return reject_unassigned(router, &e),
     };
     let assigned = match assign(active, &parts.headers, &body) {
         Ok(a) => a,
         Err(e) => {
-            router.metrics.unassigned.error(e.kind);
-            return own(error_response(&e));
+            return reject_unassigned(router, &e);
         }
     };
     active.arms[assigned.arm].series.assigned(assigned.source);
@@ -313,24 +336,7 @@ async fn predict(
     let mut retried = false;
     let outcome = loop {
         let arm = &active.arms[serving];
-        let result = match build_request(
-            &arm.config,
-            Method::POST,
-            parts.uri.path_and_query(),
-            headers.clone(),
-            body.clone(),
-        ) {
-            Ok(upstream_req) => {
-                send(
-                    &client_for(&active.config.upstream),
-                    &arm.config,
-                    upstream_req,
-                    active.config.upstream.request_timeout,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        let result = forward(active, arm, &parts.uri, headers.clone(), body.clone()).await;
         match result {
             Err(e @ (RouterError::Connect { .. } | RouterError::Broken { .. })) if !retried => {
                 if matches!(e, RouterError::Connect { .. }) {
@@ -434,41 +440,20 @@ async fn feedback(
     .await
     {
         Ok(b) => b,
-        Err(e) => {
-            router.metrics.unassigned.error(e.kind);
-            return own(error_response(&e));
-        }
+        Err(e) => return reject_unassigned(router, &e),
     };
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let target = match feedback_target(active, &parts.headers, parsed.as_ref()) {
         Ok(t) => t,
         Err(e) => {
-            router.metrics.unassigned.error(e.kind);
-            return own(error_response(&e));
+            return reject_unassigned(router, &e);
         }
     };
     let arm = &active.arms[target];
     let series = &arm.series.common;
     let mut headers = parts.headers;
     headers.insert(REQUEST_ID, request_id.clone());
-    let result = match build_request(
-        &arm.config,
-        Method::POST,
-        parts.uri.path_and_query(),
-        headers,
-        body,
-    ) {
-        Ok(r) => {
-            send(
-                &client_for(&active.config.upstream),
-                &arm.config,
-                r,
-                active.config.upstream.request_timeout,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let result = forward(active, arm, &parts.uri, headers, body).await;
     let response = match result {
         Err(e) => {
             let err = e.to_api();

@@ -16,7 +16,6 @@ use crate::config::{ArmConfig, RouterConfig};
 use crate::error::RouterError;
 use crate::health::ArmHealth;
 use crate::metrics::{ArmSeries, ReloadResult, RouterMetrics, ROUTER};
-use crate::upstream::{build_client, UpstreamClient};
 
 /// One arm of the active configuration.
 pub struct ActiveArm {
@@ -42,8 +41,6 @@ pub struct Active {
     pub weights: Vec<f64>,
     /// Arms in config order.
     pub arms: Vec<ActiveArm>,
-    /// Pooled client for this version's upstream settings.
-    pub client: UpstreamClient,
     /// 1 for the config loaded at start, +1 per applied reload.
     pub version: u64,
     /// XXH3 of the file text, hex.
@@ -122,7 +119,6 @@ impl Router {
         );
         let router = Router {
             active: ArcSwap::from_pointee(Active {
-                client: build_client(&config.upstream),
                 split: config.split(),
                 weights: Vec::new(),
                 arms: Vec::new(),
@@ -198,16 +194,10 @@ impl Router {
                 self.metrics.forget_arm(&old.config.name);
             }
         }
-        let client = if previous.version > 0 && previous.config.upstream == config.upstream {
-            previous.client.clone()
-        } else {
-            build_client(&config.upstream)
-        };
         self.active.store(Arc::new(Active {
             weights: config.weights(),
             split,
             arms,
-            client,
             version: previous.version + 1,
             hash,
             applied_at: unix_now(),
