@@ -23,11 +23,7 @@ async fn a_refused_connection_fails_over_to_the_healthy_arm_when_failover_is_on(
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-variant"), Some("best_model"));
     assert_eq!(r.header("x-assigned-variant"), Some("candidate_model"));
-    let metrics = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let metrics = router.metrics(&c).await;
     assert_eq!(
         metric(
             &metrics,
@@ -80,11 +76,7 @@ async fn a_refused_connection_is_a_json_502_or_503_when_failover_is_off() {
     }
     // Best users are unaffected.
     assert_eq!(router.predict(&c, "user-1").await.status, 200);
-    let metrics = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let metrics = router.metrics(&c).await;
     let counted = metric(
         &metrics,
         "prediction_errors_total",
@@ -127,11 +119,7 @@ async fn a_stalled_arm_gives_a_504_within_the_timeout_and_the_other_arm_is_unaff
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let fast = router.predict(&c, "user-1").await;
     assert_eq!(fast.status, 200);
-    let metrics = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let metrics = router.metrics(&c).await;
     assert_eq!(
         metric(
             &metrics,
@@ -184,11 +172,7 @@ async fn a_killed_arm_is_marked_down_its_users_fail_over_and_come_back_after_a_r
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-variant"), Some("best_model"));
     assert_eq!(r.header("x-assigned-variant"), Some("candidate_model"));
-    let metrics = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let metrics = router.metrics(&c).await;
     assert!(
         metric(
             &metrics,

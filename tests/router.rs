@@ -114,11 +114,7 @@ async fn ten_thousand_users_at_90_10_land_within_tolerance_and_each_always_sees_
     for ((user, _, a1), (_, _, a2)) in first.iter().zip(&again) {
         assert_eq!(a1, a2, "{user} changed arm");
     }
-    let text = client()
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let text = router.metrics(&client()).await;
     let served = metric(
         &text,
         "predictions_total",
@@ -283,11 +279,7 @@ async fn a_broken_edit_keeps_the_old_split_and_raises_the_failure_counter() {
     );
     // The same broken file is not re-counted at every poll.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let text = router.metrics(&c).await;
     assert_eq!(
         metric(
             &text,
@@ -298,16 +290,7 @@ async fn a_broken_edit_keeps_the_old_split_and_raises_the_failure_counter() {
     );
     // Fixing the file applies it.
     router.rewrite(&split_toml(&best, &candidate, 80.0, 20.0, ""));
-    eventually("the fixed file applies", Duration::from_secs(3), || {
-        let (c, url) = (c.clone(), format!("{}/api/config", router.url));
-        async move {
-            c.get(&url)
-                .await
-                .map(|r| r.json()["version"] == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    router.wait_for_version(2, "the fixed file applies").await;
     router.stop().await;
 }
 
@@ -325,16 +308,7 @@ async fn feedback_reaches_the_arm_that_served_the_prediction_even_after_a_weight
         .to_string();
     // Move everyone to best: the sticky assignment of user-5 is now best.
     router.rewrite(&split_toml(&best, &candidate, 100.0, 0.0, ""));
-    eventually("weights applied", Duration::from_secs(3), || {
-        let (c, url) = (c.clone(), format!("{}/api/config", router.url));
-        async move {
-            c.get(&url)
-                .await
-                .map(|r| r.json()["version"] == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    router.wait_for_version(2, "weights applied").await;
     assert_eq!(
         router.predict(&c, "user-5").await.header("x-variant"),
         Some("best_model")
@@ -429,11 +403,7 @@ async fn an_override_needs_the_token_and_a_known_arm() {
     let r = send(vec![("x-variant", "gpt9"), ("x-override-token", "s3cret")]).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "unknown_variant");
-    let text = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let text = router.metrics(&c).await;
     assert_eq!(
         metric(
             &text,
@@ -494,11 +464,7 @@ async fn the_key_comes_from_the_header_then_the_body_and_anonymous_users_are_cou
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.header("x-request-id"), Some("trace-123"));
-    let text = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let text = router.metrics(&c).await;
     let anon = metric(
         &text,
         "abgate_assignments_total",
@@ -560,11 +526,7 @@ async fn router_level_errors_are_json_and_counted_as_unassigned() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "missing_feature");
-    let text = c
-        .get(&format!("{}/metrics", router.url))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text();
+    let text = router.metrics(&c).await;
     for t in ["not_found", "method_not_allowed", "payload_too_large"] {
         assert_eq!(
             metric(

@@ -242,6 +242,29 @@ impl RouterHandle {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The router's `/metrics` text.
+    pub async fn metrics(&self, c: &HttpClient) -> String {
+        c.get(&format!("{}/metrics", self.url))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .text()
+    }
+
+    /// Waits until config version `version` is active.
+    pub async fn wait_for_version(&self, version: u64, what: &str) {
+        let c = HttpClient::new(Duration::from_secs(2));
+        eventually(what, Duration::from_secs(3), || {
+            let (c, url) = (c.clone(), format!("{}/api/config", self.url));
+            async move {
+                c.get(&url)
+                    .await
+                    .map(|r| r.json()["version"] == version)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
     pub async fn get_json(&self, c: &HttpClient, path: &str) -> serde_json::Value {
         c.get(&format!("{}{path}", self.url))
             .await
