@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::{ApiError, ErrorKind};
 
@@ -43,6 +43,20 @@ impl Default for ServeOptions {
     }
 }
 
+/// What a connection's first owner (the preface given to [`serve_on_threads_with`])
+/// did with it.
+pub enum Handoff {
+    /// The connection is finished.
+    Closed,
+    /// hyper serves the rest of the connection; the bytes are what the preface already
+    /// read from it and did not consume.
+    Hyper(TcpStream, Bytes),
+}
+
+/// Becomes `true` when the server stops accepting: a connection between requests
+/// should close, one in the middle of a request should finish it first.
+pub type Stopping = tokio::sync::watch::Receiver<bool>;
+
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish for up to `shutdown_grace`, and returns.
 pub async fn serve<H, Fut, B>(
@@ -57,6 +71,31 @@ pub async fn serve<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    serve_with(listener, handler, hyper_only, shutdown, options).await;
+}
+
+/// The preface of servers without one: hyper serves every connection from its start.
+async fn hyper_only(stream: TcpStream, _stopping: Stopping) -> Handoff {
+    Handoff::Hyper(stream, Bytes::new())
+}
+
+/// [`serve`] with a preface: every accepted connection goes first to `preface`, which
+/// may serve it to the end or hand it (and what it read) to hyper and `handler`.
+async fn serve_with<H, Fut, B, P, PFut>(
+    listener: TcpListener,
+    handler: H,
+    preface: P,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    P: Fn(TcpStream, Stopping) -> PFut + Clone + Send + Sync + 'static,
+    PFut: Future<Output = Handoff> + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -67,6 +106,7 @@ pub async fn serve<H, Fut, B>(
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -87,20 +127,83 @@ pub async fn serve<H, Fut, B>(
             let fut = handler(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        // Subscribed now, so the drain waits for this connection from its first byte.
+        let watcher = graceful.watcher();
+        let (builder, preface, stopping) = (builder.clone(), preface.clone(), stopping.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Handoff::Hyper(stream, read) = preface(stream, stopping).await else {
+                return;
+            };
+            let conn = builder.serve_connection(TokioIo::new(Prefixed { read, stream }), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    let _ = stop.send(true);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(options.shutdown_grace) => {
             tracing::warn!(grace = ?options.shutdown_grace, "drain limit reached, closing remaining connections");
         }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed {
+    read: Bytes,
+    stream: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -122,6 +225,27 @@ pub async fn serve_on_threads<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    serve_on_threads_with(listener, workers, handler, hyper_only, shutdown, options).await;
+}
+
+/// [`serve_on_threads`] with a preface that sees each connection before hyper does
+/// (the router's forwarding fast path).
+pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
+    listener: TcpListener,
+    workers: usize,
+    handler: H,
+    preface: P,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) where
+    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    P: Fn(TcpStream, Stopping) -> PFut + Clone + Send + Sync + 'static,
+    PFut: Future<Output = Handoff> + Send + 'static,
+{
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut done = Vec::new();
     for i in 1..workers.max(1) {
@@ -132,7 +256,12 @@ pub async fn serve_on_threads<H, Fut, B>(
                 break;
             }
         };
-        let (handler, options, mut stopping) = (handler.clone(), options.clone(), stopping.clone());
+        let (handler, preface, options, mut stopping) = (
+            handler.clone(),
+            preface.clone(),
+            options.clone(),
+            stopping.clone(),
+        );
         let (finished, finished_rx) = tokio::sync::oneshot::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("http-worker-{i}"))
@@ -144,9 +273,10 @@ pub async fn serve_on_threads<H, Fut, B>(
                     Ok(rt) => rt.block_on(async move {
                         match TcpListener::from_std(std_listener) {
                             Ok(l) => {
-                                serve(
+                                serve_with(
                                     l,
                                     handler,
+                                    preface,
                                     async move {
                                         let _ = stopping.wait_for(|s| *s).await;
                                     },
@@ -173,9 +303,10 @@ pub async fn serve_on_threads<H, Fut, B>(
     };
     tokio::join!(
         relay,
-        serve(
+        serve_with(
             listener,
             handler,
+            preface,
             async move {
                 let _ = stopping_here.wait_for(|s| *s).await;
             },

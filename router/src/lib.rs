@@ -11,6 +11,8 @@
 //! * [`health`] — active and passive arm health.
 //! * [`reload`] — live reload on file change and SIGHUP.
 //! * [`service`] — the routes.
+//! * [`fastpath`] — the common `/predict` forwarded without hyper, on upstream
+//!   connections owned by the client's connection; everything else goes to [`service`].
 //! * [`metrics`] — the router's metric families.
 //! * [`check`] — `abgate check`: validate a file and show who would move.
 //! * [`error`] — the error enum and its one mapping to HTTP.
@@ -22,6 +24,7 @@ pub mod assignment;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod fastpath;
 pub mod health;
 pub mod metrics;
 pub mod reload;
@@ -72,11 +75,16 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     };
     drop(active);
     let handler_router = Arc::clone(&router);
+    let preface_router = Arc::clone(&router);
+    let max_head = options.max_header_bytes;
     let workers = router.active().config.workers;
-    abgate_common::http::serve_on_threads(
+    abgate_common::http::serve_on_threads_with(
         listener,
         workers,
         move |req| service::handle(Arc::clone(&handler_router), req),
+        move |stream, stopping| {
+            fastpath::serve_connection(Arc::clone(&preface_router), stream, stopping, max_head)
+        },
         shutdown,
         options,
     )

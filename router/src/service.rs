@@ -37,7 +37,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const OVERRIDE_TOKEN: HeaderName = HeaderName::from_static("x-override-token");
 
 /// Error bodies from arms are read up to this size to learn their `error_type`.
-const ARM_ERROR_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const ARM_ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Answers one request.
 pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<RouterBody> {
@@ -91,17 +91,19 @@ async fn forward(
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
+        .filter(|v| valid_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(new_request_id)
 }
 
+/// Whether a client's `X-Request-Id` is kept (else a fresh one replaces it).
+pub(crate) fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
 /// A fresh request id: 32 hex digits from a random per-thread prefix and a counter,
 /// so ids are unique without drawing randomness for every request.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     use std::cell::Cell;
     thread_local! {
         static NEXT: Cell<(u64, u64)> = Cell::new((rand::random(), 0));
@@ -191,10 +193,13 @@ fn body_user_id(body: &Value) -> Option<String> {
 }
 
 /// An assignment: the arm and how it was chosen.
-struct Assignment {
-    arm: usize,
-    source: Source,
-    position: f64,
+pub(crate) struct Assignment {
+    /// The assigned arm's index.
+    pub arm: usize,
+    /// How it was chosen.
+    pub source: Source,
+    /// The user's position in [0, 1), which failover reuses.
+    pub position: f64,
 }
 
 fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
@@ -273,6 +278,31 @@ fn serving_arm(active: &Active, assigned: &Assignment) -> Result<usize, RouterEr
         .ok_or_else(|| RouterError::NoHealthyArm("no arm is healthy".into()))
 }
 
+/// Where a failed `/predict` attempt on `serving` is tried again, if anywhere.
+/// /predict is idempotent: a refused or broken connection gets one retry, on another
+/// healthy arm when failover allows, else (broken only) on the same arm over a fresh
+/// connection. A refused connection also marks the arm down at once.
+pub(crate) fn retry_arm(
+    active: &Active,
+    serving: usize,
+    assigned: &Assignment,
+    error: &RouterError,
+) -> Option<usize> {
+    let refused = match error {
+        RouterError::Connect { .. } => true,
+        RouterError::Broken { .. } => false,
+        _ => return None,
+    };
+    if refused {
+        active.arms[serving].health.mark_down(error.to_string());
+    }
+    match fallback_arm(active, serving, assigned.position) {
+        Some(other) if assigned.source != Source::Override => Some(other),
+        _ if !refused => Some(serving),
+        _ => None,
+    }
+}
+
 fn fallback_arm(active: &Active, failed: usize, position: f64) -> Option<usize> {
     if !active.config.failover {
         return None;
@@ -338,19 +368,13 @@ async fn predict(
         let arm = &active.arms[serving];
         let result = forward(active, arm, &parts.uri, headers.clone(), body.clone()).await;
         match result {
-            Err(e @ (RouterError::Connect { .. } | RouterError::Broken { .. })) if !retried => {
-                if matches!(e, RouterError::Connect { .. }) {
-                    arm.health.mark_down(e.to_string());
+            Err(e) if !retried => match retry_arm(active, serving, &assigned, &e) {
+                Some(next) => {
+                    retried = true;
+                    serving = next;
                 }
-                retried = true;
-                // /predict is idempotent: one retry, on another healthy arm when
-                // failover allows, else on the same arm over a fresh connection.
-                match fallback_arm(active, serving, assigned.position) {
-                    Some(other) if assigned.source != Source::Override => serving = other,
-                    _ if matches!(e, RouterError::Broken { .. }) => {}
-                    _ => break Err(e),
-                }
-            }
+                None => break Err(e),
+            },
             other => break other,
         }
     };
@@ -407,21 +431,26 @@ async fn relay(series: &ArmMetrics, upstream: Response<Incoming>) -> Response<Ro
         Ok(c) => c.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let kind = serde_json::from_slice::<Value>(&bytes)
+    series.error(arm_error_kind(parts.status, &bytes));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Either::Left(Full::new(bytes)))
+}
+
+/// The closed-set kind of an arm's error response: its body's `error.type` when it is
+/// one of ours, else a kind by status class.
+pub(crate) fn arm_error_kind(status: StatusCode, body: &[u8]) -> ErrorKind {
+    serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {
             v.pointer("/error/type")
                 .and_then(Value::as_str)
                 .and_then(ErrorKind::parse)
         })
-        .unwrap_or(if parts.status.is_client_error() {
+        .unwrap_or(if status.is_client_error() {
             ErrorKind::InvalidInput
         } else {
             ErrorKind::UpstreamError
-        });
-    series.error(kind);
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, Either::Left(Full::new(bytes)))
+        })
 }
 
 async fn feedback(

@@ -1,0 +1,934 @@
+//! The forwarding fast path. The request that makes up nearly all traffic — `POST
+//! /predict` over HTTP/1.1 with `X-User-Id` and a `Content-Length` body — is read,
+//! assigned and forwarded by a small HTTP/1.1 exchange written for exactly that, over
+//! upstream connections owned by the client's connection: a request crosses no task,
+//! thread or shared pool, and costs the proxy little more than its four socket calls.
+//!
+//! Anything else — other routes and methods, `X-Variant` overrides, chunked or
+//! oversized bodies, `Expect`, upgrades, HTTP/1.0, a down arm, the concurrency limit,
+//! malformed heads — is handed to hyper with the bytes already read, and
+//! [`crate::service`] serves the rest of that connection. Both paths count the same
+//! series and answer with the same headers.
+
+use abgate_common::http::{Handoff, Stopping};
+use abgate_common::{ApiError, ErrorKind};
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::assignment::position;
+use crate::config::ArmConfig;
+use crate::error::RouterError;
+use crate::metrics::Source;
+use crate::service::{
+    arm_error_kind, new_request_id, retry_arm, valid_request_id, Assignment, ARM_ERROR_BODY_LIMIT,
+};
+use crate::state::{Active, ActiveArm, Router};
+
+/// Request heads with more header lines go to hyper (which allows 100).
+const MAX_HEADERS: usize = 64;
+/// The largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// An upstream connection idle for longer is checked for a close before reuse.
+const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// Read size; bodies larger than what is buffered are relayed in pieces of this size.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Response headers the arm's response does not pass on: hop-by-hop ones, the framing
+/// (set again here), and the router's own.
+const DROPPED_RESPONSE_HEADERS: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+    "x-variant",
+    "x-assigned-variant",
+    "x-request-id",
+];
+
+/// Serves `client` until it closes, the server stops, or a request needs hyper.
+pub async fn serve_connection(
+    router: Arc<Router>,
+    mut client: TcpStream,
+    mut stopping: Stopping,
+    max_head_bytes: usize,
+) -> Handoff {
+    let mut conn = Connection {
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        upstreams: Vec::new(),
+        headers: Vec::with_capacity(1024),
+        request_id: Vec::with_capacity(32),
+        path: Vec::with_capacity(32),
+        out: Vec::with_capacity(4096),
+    };
+    // Created once, so waiting for it between requests costs no new registration.
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    });
+    loop {
+        let head_deadline = Instant::now() + router.active().config.header_timeout;
+        let (plan, active) = loop {
+            if !conn.buf.is_empty() {
+                // Loaded once the head is here, so a reload while idle applies to it.
+                let active = router.active();
+                match conn.inspect(&active, max_head_bytes) {
+                    Inspection::Partial => {}
+                    Inspection::Hyper => return Handoff::Hyper(client, conn.buf.freeze()),
+                    Inspection::Fast(plan) => break (plan, active),
+                }
+            }
+            conn.buf.reserve(READ_CHUNK);
+            let idle = conn.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = timeout_at(head_deadline, client.read_buf(&mut conn.buf)) => read,
+                () = &mut stopped, if idle => return Handoff::Closed,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, broken or silent past the header timeout: nothing to answer.
+                _ => return Handoff::Closed,
+            }
+        };
+        let Some(_slot) = router.admit(active.config.max_concurrent_requests) else {
+            return Handoff::Hyper(client, conn.buf.freeze());
+        };
+        let assigned = Assignment {
+            arm: active.split.pick(plan.position),
+            source: Source::Sticky,
+            position: plan.position,
+        };
+        if !active.arms[assigned.arm].health.is_up() {
+            return Handoff::Hyper(client, conn.buf.freeze());
+        }
+        let started = std::time::Instant::now();
+        match conn
+            .read_body(&mut client, &plan, started, &active, &router)
+            .await
+        {
+            BodyRead::Complete => {}
+            BodyRead::Answered => {
+                let _ = client.shutdown().await;
+                return Handoff::Closed;
+            }
+        }
+        match conn
+            .forward(&mut client, &plan, &assigned, started, &active)
+            .await
+        {
+            Ok(true) => conn.buf.advance(plan.head_len + plan.body_len),
+            Ok(false) => {
+                let _ = client.shutdown().await;
+                return Handoff::Closed;
+            }
+            Err(ClientGone) => return Handoff::Closed,
+        }
+    }
+}
+
+/// What a request head asks for.
+enum Inspection {
+    /// More bytes are needed.
+    Partial,
+    /// The fast path does not serve it: hyper does.
+    Hyper,
+    /// A `/predict` the fast path serves.
+    Fast(Plan),
+}
+
+/// A `/predict` request the fast path serves.
+struct Plan {
+    head_len: usize,
+    body_len: usize,
+    /// The client asked to close after this response.
+    close: bool,
+    /// The user's position from `X-User-Id`.
+    position: f64,
+}
+
+/// The client's connection is unusable; nothing more can be sent on it.
+struct ClientGone;
+
+enum BodyRead {
+    Complete,
+    /// The client was answered (or is gone); close the connection.
+    Answered,
+}
+
+/// How a failed exchange with an arm went wrong.
+enum Failure {
+    /// A reused connection had been closed by the arm before the request reached it:
+    /// retried at once on a fresh connection to the same arm.
+    Stale,
+    /// No complete response head within the request timeout.
+    Timeout,
+    /// The connection broke or the answer was not HTTP.
+    Broken(String),
+}
+
+/// How the arm's response body ends.
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// An arm's response head, already rewritten for the client into `Connection::out`.
+struct ResponseHead {
+    status: StatusCode,
+    framing: Framing,
+    /// The arm's connection can carry another request after this response.
+    reusable: bool,
+}
+
+/// A keep-alive connection to one arm, owned by one client connection.
+struct Upstream {
+    authority: String,
+    stream: TcpStream,
+    buf: BytesMut,
+    used: bool,
+    idle_since: Instant,
+}
+
+/// Per-client-connection state, reused from request to request.
+struct Connection {
+    /// Bytes read from the client and not yet consumed.
+    buf: BytesMut,
+    upstreams: Vec<Upstream>,
+    /// The forwarded header lines of the current request, ending with the blank line.
+    headers: Vec<u8>,
+    request_id: Vec<u8>,
+    /// Path and query of the current request.
+    path: Vec<u8>,
+    /// Bytes being written (to an arm or to the client).
+    out: Vec<u8>,
+}
+
+fn eq(name: &str, lower: &str) -> bool {
+    name.eq_ignore_ascii_case(lower)
+}
+
+/// `HeaderValue::to_str`'s rule: visible ASCII, space and tab.
+fn visible_ascii(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn parse_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+impl Connection {
+    /// Parses the buffered head and decides who serves it; for the fast path, copies
+    /// what forwarding needs (path, forwarded header lines, request id).
+    fn inspect(&mut self, active: &Active, max_head_bytes: usize) -> Inspection {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        let head_len = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) if n <= max_head_bytes => n,
+            Ok(httparse::Status::Partial) if self.buf.len() < max_head_bytes => {
+                return Inspection::Partial
+            }
+            _ => return Inspection::Hyper,
+        };
+        let path = req.path.unwrap_or("");
+        let on_predict = path == "/predict" || path.starts_with("/predict?");
+        if req.method != Some("POST") || req.version != Some(1) || !on_predict {
+            return Inspection::Hyper;
+        }
+        self.path.clear();
+        self.path.extend_from_slice(path.as_bytes());
+        self.headers.clear();
+        self.request_id.clear();
+        let (mut body_len, mut user, mut close) = (None, None, false);
+        for header in req.headers.iter() {
+            let (name, value) = (header.name, header.value);
+            if eq(name, "content-length") {
+                match (body_len, parse_length(value)) {
+                    (None, Some(n)) if n <= active.config.body_limit_bytes => body_len = Some(n),
+                    _ => return Inspection::Hyper,
+                }
+            } else if eq(name, "x-user-id") {
+                if user.is_some() || value.is_empty() || !visible_ascii(value) {
+                    return Inspection::Hyper;
+                }
+                user = std::str::from_utf8(value).ok();
+                push_header(&mut self.headers, name, value);
+            } else if eq(name, "connection") {
+                for token in value.split(|&b| b == b',') {
+                    match token.trim_ascii() {
+                        t if t.eq_ignore_ascii_case(b"close") => close = true,
+                        t if t.eq_ignore_ascii_case(b"keep-alive") || t.is_empty() => {}
+                        // Names further hop-by-hop headers: hyper's path strips them.
+                        _ => return Inspection::Hyper,
+                    }
+                }
+            } else if eq(name, "x-request-id") {
+                if self.request_id.is_empty() && valid_request_id(value) {
+                    self.request_id.extend_from_slice(value);
+                }
+            } else if ["transfer-encoding", "expect", "upgrade", "x-variant"]
+                .iter()
+                .any(|n| eq(name, n))
+            {
+                return Inspection::Hyper;
+            } else if ![
+                "host",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+                "proxy-authorization",
+                "proxy-authenticate",
+                "x-override-token",
+            ]
+            .iter()
+            .any(|n| eq(name, n))
+            {
+                push_header(&mut self.headers, name, value);
+            }
+        }
+        let (Some(body_len), Some(user)) = (body_len, user) else {
+            return Inspection::Hyper;
+        };
+        if self.request_id.is_empty() {
+            self.request_id
+                .extend_from_slice(new_request_id().as_bytes());
+        }
+        self.headers.extend_from_slice(b"x-request-id: ");
+        self.headers.extend_from_slice(&self.request_id);
+        let _ = write!(self.headers, "\r\ncontent-length: {body_len}\r\n\r\n");
+        Inspection::Fast(Plan {
+            head_len,
+            body_len,
+            close,
+            position: position(&active.config.salt, user),
+        })
+    }
+
+    /// Reads the rest of the body within the body timeout; a slow client is answered
+    /// 408 as hyper's path answers it.
+    async fn read_body(
+        &mut self,
+        client: &mut TcpStream,
+        plan: &Plan,
+        started: std::time::Instant,
+        active: &Active,
+        router: &Router,
+    ) -> BodyRead {
+        let deadline = Instant::from_std(started) + active.config.body_timeout;
+        let total = plan.head_len + plan.body_len;
+        while self.buf.len() < total {
+            self.buf.reserve(READ_CHUNK.max(total - self.buf.len()));
+            match timeout_at(deadline, client.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return BodyRead::Answered,
+                Err(_) => {
+                    let err = ApiError::new(
+                        ErrorKind::RequestTimeout,
+                        format!(
+                            "request body not received within {} ms",
+                            active.config.body_timeout.as_millis()
+                        ),
+                    );
+                    router.metrics.unassigned.error(err.kind);
+                    self.out.clear();
+                    write_error_head(&mut self.out, &err, &self.request_id, None, None, true);
+                    let _ = client.write_all(&self.out).await;
+                    return BodyRead::Answered;
+                }
+            }
+        }
+        BodyRead::Complete
+    }
+
+    /// Forwards the buffered request, with the hyper path's retry and failover, and
+    /// answers the client. `Ok(true)` when the connection can carry another request.
+    async fn forward(
+        &mut self,
+        client: &mut TcpStream,
+        plan: &Plan,
+        assigned: &Assignment,
+        started: std::time::Instant,
+        active: &Active,
+    ) -> Result<bool, ClientGone> {
+        active.arms[assigned.arm].series.assigned(assigned.source);
+        let mut serving = assigned.arm;
+        let mut retried = false;
+        let outcome = loop {
+            let assigned_header =
+                (serving != assigned.arm).then(|| active.arms[assigned.arm].header.as_bytes());
+            let result = self
+                .attempt(plan, &active.arms[serving], assigned_header, active)
+                .await;
+            match result {
+                Err(e) if !retried => match retry_arm(active, serving, assigned, &e) {
+                    Some(next) => {
+                        retried = true;
+                        serving = next;
+                    }
+                    None => break Err(e),
+                },
+                other => break other,
+            }
+        };
+        let served = &active.arms[serving];
+        let series = &served.series.common;
+        series.predictions.inc();
+        let assigned_header =
+            (serving != assigned.arm).then(|| active.arms[assigned.arm].header.as_bytes());
+        let (index, head) = match outcome {
+            Err(e) => {
+                let err = e.to_api();
+                series.error(err.kind);
+                tracing::debug!(error = %e, "predict failed");
+                series.duration.observe(started.elapsed().as_secs_f64());
+                self.out.clear();
+                write_error_head(
+                    &mut self.out,
+                    &err,
+                    &self.request_id,
+                    Some(served.header.as_bytes()),
+                    assigned_header,
+                    plan.close,
+                );
+                client.write_all(&self.out).await.map_err(|_| ClientGone)?;
+                return Ok(!plan.close);
+            }
+            Ok(answer) => answer,
+        };
+        if serving != assigned.arm {
+            active.arms[assigned.arm].series.failovers.inc();
+        }
+        let deadline = Instant::now() + active.config.upstream.request_timeout;
+        let upstream = &mut self.upstreams[index];
+        if !head.status.is_success() {
+            let kind = match head.framing {
+                Framing::Length(n) if n <= ARM_ERROR_BODY_LIMIT => {
+                    match fill(upstream, n, deadline).await {
+                        Ok(()) => arm_error_kind(head.status, &upstream.buf[..n]),
+                        Err(_) => arm_error_kind(head.status, b""),
+                    }
+                }
+                _ => arm_error_kind(head.status, b""),
+            };
+            series.error(kind);
+        }
+        series.duration.observe(started.elapsed().as_secs_f64());
+        let relayed = relay_body(upstream, client, &mut self.out, head.framing, deadline).await;
+        match relayed {
+            Relay::Done => {
+                upstream.idle_since = Instant::now();
+                if !head.reusable {
+                    self.upstreams.swap_remove(index);
+                }
+                Ok(!plan.close && !matches!(head.framing, Framing::UntilClose))
+            }
+            Relay::UpstreamFailed => {
+                self.upstreams.swap_remove(index);
+                Ok(false)
+            }
+            Relay::ClientGone => Err(ClientGone),
+        }
+    }
+
+    /// One exchange with `arm`: on success the client-ready head is in `out`, the
+    /// body (or its start) in the upstream's buffer, and the upstream's index returned.
+    async fn attempt(
+        &mut self,
+        plan: &Plan,
+        served: &ActiveArm,
+        assigned: Option<&[u8]>,
+        active: &Active,
+    ) -> Result<(usize, ResponseHead), RouterError> {
+        let arm = &served.config;
+        let deadline = Instant::now() + active.config.upstream.request_timeout;
+        let timeout = || RouterError::Timeout {
+            arm: arm.name.clone(),
+            timeout: active.config.upstream.request_timeout,
+        };
+        let broken = |reason: String| RouterError::Broken {
+            arm: arm.name.clone(),
+            reason,
+        };
+        let mut fresh_tried = false;
+        loop {
+            let index = match self.upstream(arm, active, deadline).await {
+                Some(Ok(i)) => i,
+                Some(Err(e)) => return Err(e),
+                None => return Err(timeout()),
+            };
+            let upstream = &mut self.upstreams[index];
+            let body = &self.buf[plan.head_len..plan.head_len + plan.body_len];
+            self.out.clear();
+            self.out.extend_from_slice(b"POST ");
+            self.out.extend_from_slice(&self.path);
+            self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+            self.out.extend_from_slice(upstream.authority.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&self.headers);
+            self.out.extend_from_slice(body);
+            let tags = Tags {
+                variant: served.header.as_bytes(),
+                assigned,
+                request_id: &self.request_id,
+                close: plan.close,
+            };
+            match exchange(upstream, &mut self.out, &tags, deadline).await {
+                Ok(head) => {
+                    upstream.used = true;
+                    return Ok((index, head));
+                }
+                Err(failure) => {
+                    self.upstreams.swap_remove(index);
+                    match failure {
+                        Failure::Stale if !fresh_tried => fresh_tried = true,
+                        Failure::Stale => {
+                            return Err(broken("connection closed before the response".into()))
+                        }
+                        Failure::Timeout => return Err(timeout()),
+                        Failure::Broken(reason) => return Err(broken(reason)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// This connection's upstream to `arm`, opened if needed; `None` past `deadline`.
+    async fn upstream(
+        &mut self,
+        arm: &ArmConfig,
+        active: &Active,
+        deadline: Instant,
+    ) -> Option<Result<usize, RouterError>> {
+        let authority = arm.authority.as_str();
+        if let Some(i) = self.upstreams.iter().position(|u| u.authority == authority) {
+            if !self.upstreams[i].used || self.upstreams[i].idle_since.elapsed() < PROBE_AFTER_IDLE
+            {
+                return Some(Ok(i));
+            }
+            // Long idle: the arm may have closed it meanwhile. Bytes or EOF now mean
+            // it is not fit for a request.
+            let mut probe = [0u8; 1];
+            match self.upstreams[i].stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(Ok(i)),
+                _ => {
+                    self.upstreams.swap_remove(i);
+                }
+            }
+        }
+        let connect_by = deadline.min(Instant::now() + active.config.upstream.connect_timeout);
+        let stream = match timeout_at(connect_by, TcpStream::connect(authority)).await {
+            Err(_) if connect_by < deadline => Err(format!(
+                "no connection within {} ms",
+                active.config.upstream.connect_timeout.as_millis()
+            )),
+            Err(_) => return None,
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(s)) => Ok(s),
+        };
+        Some(match stream {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.upstreams.push(Upstream {
+                    authority: authority.to_string(),
+                    stream,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                    used: false,
+                    idle_since: Instant::now(),
+                });
+                Ok(self.upstreams.len() - 1)
+            }
+            Err(reason) => Err(RouterError::Connect {
+                arm: arm.name.clone(),
+                reason,
+            }),
+        })
+    }
+}
+
+/// The router's headers on a response.
+struct Tags<'a> {
+    variant: &'a [u8],
+    assigned: Option<&'a [u8]>,
+    request_id: &'a [u8],
+    close: bool,
+}
+
+/// Sends `out` (the request) and reads the response head, leaving the client's
+/// version of it in `out`.
+async fn exchange(
+    upstream: &mut Upstream,
+    out: &mut Vec<u8>,
+    tags: &Tags<'_>,
+    deadline: Instant,
+) -> Result<ResponseHead, Failure> {
+    let reused = upstream.used;
+    let lost = |e: std::io::Error| {
+        if reused {
+            Failure::Stale
+        } else {
+            Failure::Broken(e.to_string())
+        }
+    };
+    match timeout_at(deadline, upstream.stream.write_all(out)).await {
+        Err(_) => return Err(Failure::Timeout),
+        Ok(Err(e)) => return Err(lost(e)),
+        Ok(Ok(())) => {}
+    }
+    upstream.buf.clear();
+    loop {
+        if !upstream.buf.is_empty() {
+            match parse_response(&upstream.buf, out, tags) {
+                Ok(Some((len, head))) => {
+                    upstream.buf.advance(len);
+                    if let Some(head) = head {
+                        return Ok(head);
+                    }
+                    continue; // an interim 1xx response
+                }
+                Ok(None) if upstream.buf.len() < MAX_RESPONSE_HEAD => {}
+                Ok(None) => return Err(Failure::Broken("response head too large".into())),
+                Err(reason) => return Err(Failure::Broken(reason)),
+            }
+        }
+        let first = upstream.buf.is_empty();
+        upstream.buf.reserve(READ_CHUNK);
+        match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(0)) if first && reused => return Err(Failure::Stale),
+            Ok(Ok(0)) => {
+                return Err(Failure::Broken(
+                    "connection closed before the response".into(),
+                ))
+            }
+            Ok(Err(e)) if first => return Err(lost(e)),
+            Ok(Err(e)) => return Err(Failure::Broken(e.to_string())),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Parses a response head from `buf`. `Ok(None)`: incomplete. `Ok(Some((len, None)))`:
+/// an interim 1xx to skip. Otherwise the final head, rewritten into `out`.
+#[allow(clippy::type_complexity)]
+fn parse_response(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    tags: &Tags<'_>,
+) -> Result<Option<(usize, Option<ResponseHead>)>, String> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
+    if status.is_informational() {
+        return Ok(Some((len, None)));
+    }
+    let mut reusable = res.version == Some(1);
+    let (mut length, mut chunked) = (None, false);
+    let mut named: [&[u8]; 8] = [b""; 8];
+    let mut named_count = 0;
+    for header in res.headers.iter() {
+        if eq(header.name, "connection") {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    reusable |= res.version == Some(0);
+                } else if named_count < named.len() {
+                    named[named_count] = token;
+                    named_count += 1;
+                }
+            }
+        } else if eq(header.name, "content-length") {
+            match (length, parse_length(header.value)) {
+                (None, Some(n)) => length = Some(n),
+                (Some(a), Some(b)) if a == b => {}
+                _ => return Err("invalid Content-Length".into()),
+            }
+        } else if eq(header.name, "transfer-encoding") {
+            if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err("unsupported Transfer-Encoding".into());
+            }
+            chunked = true;
+        }
+    }
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::Length(0)
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+    out.clear();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for header in res.headers.iter() {
+        let hop = named[..named_count]
+            .iter()
+            .any(|n| header.name.as_bytes().eq_ignore_ascii_case(n));
+        if !hop && !DROPPED_RESPONSE_HEADERS.iter().any(|d| eq(header.name, d)) {
+            push_header(out, header.name, header.value);
+        }
+    }
+    match framing {
+        Framing::Length(_) if bodiless => {}
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::UntilClose => {}
+    }
+    write_tags(out, Some(tags.variant), tags.assigned, tags.request_id);
+    if tags.close || matches!(framing, Framing::UntilClose) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some((
+        len,
+        Some(ResponseHead {
+            status,
+            framing,
+            reusable,
+        }),
+    )))
+}
+
+fn write_tags(out: &mut Vec<u8>, variant: Option<&[u8]>, assigned: Option<&[u8]>, id: &[u8]) {
+    if let Some(variant) = variant {
+        push_header(out, "x-variant", variant);
+    }
+    if let Some(assigned) = assigned {
+        push_header(out, "x-assigned-variant", assigned);
+    }
+    push_header(out, "x-request-id", id);
+}
+
+/// The router's own JSON error response, complete, into `out`.
+fn write_error_head(
+    out: &mut Vec<u8>,
+    err: &ApiError,
+    request_id: &[u8],
+    variant: Option<&[u8]>,
+    assigned: Option<&[u8]>,
+    close: bool,
+) {
+    let status = err.kind.status();
+    let body = err.to_json();
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    write_tags(out, variant, assigned, request_id);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// Reads until the upstream buffer holds `n` bytes.
+async fn fill(upstream: &mut Upstream, n: usize, deadline: Instant) -> Result<(), ()> {
+    while upstream.buf.len() < n {
+        upstream.buf.reserve(n - upstream.buf.len());
+        match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+/// How relaying a body ended.
+enum Relay {
+    Done,
+    /// The arm failed mid-body: the client's response is cut short.
+    UpstreamFailed,
+    ClientGone,
+}
+
+/// Sends the head in `out` and the body from `upstream` to the client. A body that
+/// is already buffered goes out with the head in one write.
+async fn relay_body(
+    upstream: &mut Upstream,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    deadline: Instant,
+) -> Relay {
+    match framing {
+        Framing::Length(n) => {
+            let buffered = n.min(upstream.buf.len());
+            out.extend_from_slice(&upstream.buf[..buffered]);
+            upstream.buf.advance(buffered);
+            if client.write_all(out).await.is_err() {
+                return Relay::ClientGone;
+            }
+            copy(upstream, client, n - buffered, deadline).await
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(&upstream.buf);
+            upstream.buf.clear();
+            if client.write_all(out).await.is_err() {
+                return Relay::ClientGone;
+            }
+            loop {
+                upstream.buf.reserve(READ_CHUNK);
+                match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
+                    Ok(Ok(0)) => return Relay::Done,
+                    Ok(Ok(_)) => {
+                        if client.write_all(&upstream.buf).await.is_err() {
+                            return Relay::ClientGone;
+                        }
+                        upstream.buf.clear();
+                    }
+                    _ => return Relay::UpstreamFailed,
+                }
+            }
+        }
+        Framing::Chunked => relay_chunked(upstream, client, out, deadline).await,
+    }
+}
+
+/// Copies exactly `n` more body bytes from the arm to the client.
+async fn copy(
+    upstream: &mut Upstream,
+    client: &mut TcpStream,
+    mut n: usize,
+    deadline: Instant,
+) -> Relay {
+    while n > 0 {
+        if upstream.buf.is_empty() {
+            upstream.buf.reserve(READ_CHUNK);
+            match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                _ => return Relay::UpstreamFailed,
+            }
+        }
+        let take = n.min(upstream.buf.len());
+        if client.write_all(&upstream.buf[..take]).await.is_err() {
+            return Relay::ClientGone;
+        }
+        upstream.buf.advance(take);
+        n -= take;
+    }
+    Relay::Done
+}
+
+/// Relays a chunked body as it is, following the chunk sizes to find its end (so
+/// the arm's connection can be reused).
+async fn relay_chunked(
+    upstream: &mut Upstream,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    deadline: Instant,
+) -> Relay {
+    loop {
+        let step = match httparse::parse_chunk_size(&upstream.buf) {
+            Ok(httparse::Status::Complete((line, 0))) => {
+                // Last chunk: optional trailers, then an empty line.
+                let rest = &upstream.buf[line..];
+                let end = if rest.starts_with(b"\r\n") {
+                    Some(line + 2)
+                } else {
+                    rest.windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|p| line + p + 4)
+                };
+                match end {
+                    Some(end) => {
+                        out.extend_from_slice(&upstream.buf[..end]);
+                        upstream.buf.advance(end);
+                        return match client.write_all(out).await {
+                            Ok(()) => Relay::Done,
+                            Err(_) => Relay::ClientGone,
+                        };
+                    }
+                    None if upstream.buf.len() > MAX_RESPONSE_HEAD => return Relay::UpstreamFailed,
+                    None => None,
+                }
+            }
+            Ok(httparse::Status::Complete((line, size))) => {
+                let Some(total) = usize::try_from(size)
+                    .ok()
+                    .and_then(|s| s.checked_add(line + 2))
+                else {
+                    return Relay::UpstreamFailed;
+                };
+                Some(total)
+            }
+            Ok(httparse::Status::Partial) if upstream.buf.len() < 1024 => None,
+            _ => return Relay::UpstreamFailed,
+        };
+        match step {
+            Some(total) if upstream.buf.len() >= total => {
+                out.extend_from_slice(&upstream.buf[..total]);
+                upstream.buf.advance(total);
+                if out.len() >= READ_CHUNK {
+                    if client.write_all(out).await.is_err() {
+                        return Relay::ClientGone;
+                    }
+                    out.clear();
+                }
+            }
+            Some(total) => {
+                // A chunk larger than what is buffered: stream it.
+                let buffered = upstream.buf.len();
+                out.extend_from_slice(&upstream.buf);
+                upstream.buf.clear();
+                if client.write_all(out).await.is_err() {
+                    return Relay::ClientGone;
+                }
+                out.clear();
+                match copy(upstream, client, total - buffered, deadline).await {
+                    Relay::Done => {}
+                    other => return other,
+                }
+            }
+            None => {
+                upstream.buf.reserve(READ_CHUNK);
+                match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
+                    Ok(Ok(read)) if read > 0 => {}
+                    _ => return Relay::UpstreamFailed,
+                }
+            }
+        }
+    }
+}
