@@ -932,3 +932,195 @@ async fn relay_chunked(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouterConfig;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+body_limit_bytes = 1000
+[experiment]
+name = "t"
+salt = "s"
+[[arms]]
+name = "best_model"
+url = "http://127.0.0.1:6001"
+weight = 1
+"#;
+
+    fn active() -> Arc<Active> {
+        let config =
+            RouterConfig::parse(Path::new("router.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        Router::new(config, String::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .active()
+    }
+
+    fn connection(bytes: &str) -> Connection {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(bytes.as_bytes());
+        Connection {
+            buf,
+            upstreams: Vec::new(),
+            headers: Vec::new(),
+            request_id: Vec::new(),
+            path: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn decide(head: &str) -> &'static str {
+        match connection(head).inspect(&active(), 32 * 1024) {
+            Inspection::Partial => "partial",
+            Inspection::Hyper => "hyper",
+            Inspection::Fast(_) => "fast",
+        }
+    }
+
+    #[test]
+    fn only_the_plain_sticky_predict_takes_the_fast_path() {
+        let ok = "POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}";
+        let cases = [
+            (ok, "fast"),
+            ("POST /predict?explain=1 HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "fast"),
+            ("POST /predict HTTP/1.1\r\nX-User-Id: u1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "fast"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-", "partial"),
+            ("POST /predict HTTP/1.0\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("GET /predict HTTP/1.1\r\nx-user-id: u1\r\n\r\n", "hyper"),
+            ("POST /feedback HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predictx HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            // The user id is in the body: hyper's path parses it.
+            ("POST /predict HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: \r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: a\r\nx-user-id: b\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\n\r\n", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: +2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 1001\r\n\r\n", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nx-variant: best_model\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nconnection: x-secret\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nupgrade: websocket\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nbad header\r\n\r\n", "hyper"),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(decide(head), expected, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_over_the_limit_goes_to_hyper_which_answers_431() {
+        let big = format!(
+            "POST /predict HTTP/1.1\r\nx-user-id: u1\r\nx-pad: {}\r\n",
+            "a".repeat(40_000)
+        );
+        assert_eq!(decide(&big), "hyper");
+    }
+
+    #[test]
+    fn the_forwarded_head_keeps_end_to_end_headers_and_sets_id_and_length() {
+        let mut conn = connection(
+            "POST /predict HTTP/1.1\r\nHost: front\r\nX-User-Id: u1\r\nX-Trace: t\r\nX-Override-Token: s\r\nKeep-Alive: 5\r\nX-Request-Id: bad id\r\ncontent-length: 2\r\n\r\n{}",
+        );
+        let Inspection::Fast(plan) = conn.inspect(&active(), 32 * 1024) else {
+            panic!("not fast");
+        };
+        assert_eq!(plan.body_len, 2);
+        let headers = String::from_utf8_lossy(&conn.headers).into_owned();
+        let id = String::from_utf8_lossy(&conn.request_id).into_owned();
+        assert_eq!(id.len(), 32, "an invalid id is replaced: {id}");
+        assert_eq!(
+            headers,
+            format!(
+                "X-User-Id: u1\r\nX-Trace: t\r\nx-request-id: {id}\r\ncontent-length: 2\r\n\r\n"
+            )
+        );
+        assert_eq!(conn.path, b"/predict");
+        assert_eq!(plan.position, position("s", "u1"));
+    }
+
+    fn respond(head: &str) -> Result<Option<(usize, Option<ResponseHead>)>, String> {
+        let mut out = Vec::new();
+        let tags = Tags {
+            variant: b"best_model",
+            assigned: None,
+            request_id: b"id",
+            close: false,
+        };
+        parse_response(head.as_bytes(), &mut out, &tags)
+    }
+
+    #[test]
+    fn arm_response_framing_is_read_as_http_1_1_defines_it() {
+        let framing = |head: &str| match respond(head) {
+            Ok(Some((_, Some(h)))) => match h.framing {
+                Framing::Length(n) => format!("length {n} reusable {}", h.reusable),
+                Framing::Chunked => format!("chunked reusable {}", h.reusable),
+                Framing::UntilClose => format!("until-close reusable {}", h.reusable),
+            },
+            Ok(Some((_, None))) => "interim".into(),
+            Ok(None) => "partial".into(),
+            Err(_) => "broken".into(),
+        };
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                "length 5 reusable true",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                "chunked reusable true",
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", "until-close reusable false"),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                "length 1 reusable false",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+                "length 1 reusable false",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+                "length 1 reusable true",
+            ),
+            ("HTTP/1.1 204 No Content\r\n\r\n", "length 0 reusable true"),
+            ("HTTP/1.1 100 Continue\r\n\r\n", "interim"),
+            ("HTTP/1.1 200 OK\r\ncontent-le", "partial"),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                "broken",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                "broken",
+            ),
+            ("SSH-2.0-OpenSSH\r\n\r\n", "broken"),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(framing(head), expected, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn the_clients_response_head_drops_hop_by_hop_headers_and_carries_the_variant() {
+        let mut out = Vec::new();
+        let tags = Tags {
+            variant: b"candidate_model",
+            assigned: Some(b"best_model"),
+            request_id: b"rid",
+            close: true,
+        };
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nx-variant: spoofed\r\ncontent-length: 2\r\n\r\n{}";
+        let parsed = parse_response(head.as_bytes(), &mut out, &tags);
+        assert!(matches!(parsed, Ok(Some((n, Some(_)))) if n == head.len() - 2));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nx-variant: candidate_model\r\nx-assigned-variant: best_model\r\nx-request-id: rid\r\nconnection: close\r\n\r\n"
+        );
+    }
+}
