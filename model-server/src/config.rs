@@ -29,6 +29,8 @@ struct RawConfig {
     inference_queue: usize,
     #[serde(default = "default_true")]
     batch_concurrent_requests: bool,
+    #[serde(default = "default_inline_rows")]
+    inline_rows: usize,
     #[serde(default = "default_recent")]
     recent_predictions: usize,
     #[serde(default = "default_body_timeout")]
@@ -46,6 +48,9 @@ fn default_body_limit() -> usize {
 }
 fn default_max_batch() -> usize {
     1024
+}
+fn default_inline_rows() -> usize {
+    8
 }
 fn default_true() -> bool {
     true
@@ -90,6 +95,9 @@ pub struct ServerConfig {
     pub inference_queue: usize,
     /// Run requests that are already queued together in one forward pass.
     pub batch_concurrent_requests: bool,
+    /// Requests of at most this many rows run their forward pass on the HTTP worker
+    /// that parsed them (0: every request goes to the inference threads).
+    pub inline_rows: usize,
     /// Predictions remembered for matching feedback's `actual` to its prediction.
     pub recent_predictions: usize,
     /// A request body must arrive within this time.
@@ -170,6 +178,7 @@ impl ServerConfig {
             inference_threads: or_cores(raw.inference_threads),
             inference_queue: raw.inference_queue,
             batch_concurrent_requests: raw.batch_concurrent_requests,
+            inline_rows: raw.inline_rows,
             recent_predictions: raw.recent_predictions,
             body_timeout: Duration::from_millis(raw.body_timeout_ms),
             header_timeout: Duration::from_millis(raw.header_timeout_ms),

@@ -86,6 +86,7 @@ impl State {
             Arc::clone(&model),
             config.inference_threads,
             config.inference_queue,
+            config.inline_rows,
             if config.batch_concurrent_requests {
                 config.max_batch_size
             } else {
