@@ -566,3 +566,28 @@ async fn an_arms_json_error_passes_through_and_is_counted_by_its_type() {
     );
     router.stop().await;
 }
+
+#[tokio::test]
+async fn arm_connections_follow_concurrency_not_the_number_of_clients() {
+    let arm = ScriptedArm::start(Script::Length).await;
+    let text = router_toml(&[("best_model", &arm.url, 1.0)], "workers = 1", "");
+    let router = RouterHandle::start(&text).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut client = connect(&router).await;
+        client
+            .write_all(predict_request(&format!("user-{i}"), "").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = Vec::new();
+        assert_eq!(read_response(&mut client, &mut buf).await.status, 200);
+        clients.push(client); // still open: its connection is not what holds the arm's
+    }
+    assert_eq!(arm.heads().len(), 20);
+    assert_eq!(
+        arm.connections(),
+        1,
+        "20 clients one after another share one warm arm connection"
+    );
+    router.stop().await;
+}

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request pieces: assignment, the router's request
-//! rewriting, input validation, and the candle forward pass at batch 1, 8 and 64 for
-//! each shipped arm.
+//! rewriting on the hyper path, its whole fast path without sockets (request head
+//! in, arm request out, arm response head in, client head out), input validation,
+//! and the candle forward pass at batch 1, 8 and 64 for each shipped arm.
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use abgate_model_server::validation::FeatureSchema;
@@ -59,6 +60,37 @@ fn request_rewrite(c: &mut Criterion) {
     });
 }
 
+fn fast_path(c: &mut Criterion) {
+    let config =
+        RouterConfig::load(&repo().join("config/router.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let router =
+        abgate_router::Router::new(config, String::new()).unwrap_or_else(|e| panic!("{e}"));
+    let active = router.active();
+    let request = format!(
+        "POST /predict HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nContent-Type: application/json\r\nX-User-Id: user-42\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let response = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 128\r\ndate: Thu, 26 Nov 2026 02:00:00 GMT\r\n\r\n";
+    assert!(
+        abgate_router::fastpath::rewrite_without_sockets(
+            &active,
+            request.as_bytes(),
+            response.as_bytes()
+        )
+        .is_some(),
+        "the benchmark request must take the fast path"
+    );
+    c.bench_function("router/fast_path_without_sockets", |b| {
+        b.iter(|| {
+            black_box(abgate_router::fastpath::rewrite_without_sockets(
+                &active,
+                black_box(request.as_bytes()),
+                black_box(response.as_bytes()),
+            ))
+        })
+    });
+}
+
 fn validation(c: &mut Criterion) {
     let model = Model::load(&repo().join("models/best_model")).unwrap_or_else(|e| panic!("{e}"));
     let schema = FeatureSchema::new(&model.spec().features);
@@ -87,6 +119,6 @@ fn forward(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = assignment, request_rewrite, validation, forward
+    targets = assignment, request_rewrite, fast_path, validation, forward
 }
 criterion_main!(benches);

@@ -16,7 +16,6 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -25,6 +24,7 @@ use crate::assignment::position;
 use crate::config::ArmConfig;
 use crate::error::RouterError;
 use crate::metrics::Source;
+use crate::pool::{self, Upstream};
 use crate::service::{
     arm_error_kind, new_request_id, retry_arm, valid_request_id, Assignment, ARM_ERROR_BODY_LIMIT,
 };
@@ -34,9 +34,10 @@ use crate::state::{Active, ActiveArm, Router};
 const MAX_HEADERS: usize = 64;
 /// The largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// An upstream connection idle for longer is checked for a close before reuse.
-const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
-/// Read size; bodies larger than what is buffered are relayed in pieces of this size.
+/// Read size while waiting for a head (client request or arm response): heads are
+/// small, and an idle connection should not pin a large buffer.
+const HEAD_READ: usize = 4 * 1024;
+/// Read size for bodies larger than what is buffered, relayed in pieces.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Response headers the arm's response does not pass on: hop-by-hop ones, the framing
@@ -62,14 +63,7 @@ pub async fn serve_connection(
     mut stopping: Stopping,
     max_head_bytes: usize,
 ) -> Handoff {
-    let mut conn = Connection {
-        buf: BytesMut::with_capacity(READ_CHUNK),
-        upstreams: Vec::new(),
-        headers: Vec::with_capacity(1024),
-        request_id: Vec::with_capacity(32),
-        path: Vec::with_capacity(32),
-        out: Vec::with_capacity(4096),
-    };
+    let mut conn = Connection::new();
     // Created once, so waiting for it between requests costs no new registration.
     let mut stopped = std::pin::pin!(async move {
         let _ = stopping.wait_for(|s| *s).await;
@@ -86,7 +80,7 @@ pub async fn serve_connection(
                     Inspection::Fast(plan) => break (plan, active),
                 }
             }
-            conn.buf.reserve(READ_CHUNK);
+            conn.buf.reserve(HEAD_READ);
             let idle = conn.buf.is_empty();
             let read = tokio::select! {
                 biased;
@@ -191,20 +185,10 @@ struct ResponseHead {
     reusable: bool,
 }
 
-/// A keep-alive connection to one arm, owned by one client connection.
-struct Upstream {
-    authority: String,
-    stream: TcpStream,
-    buf: BytesMut,
-    used: bool,
-    idle_since: Instant,
-}
-
 /// Per-client-connection state, reused from request to request.
 struct Connection {
     /// Bytes read from the client and not yet consumed.
     buf: BytesMut,
-    upstreams: Vec<Upstream>,
     /// The forwarded header lines of the current request, ending with the blank line.
     headers: Vec<u8>,
     request_id: Vec<u8>,
@@ -240,6 +224,30 @@ fn parse_length(value: &[u8]) -> Option<usize> {
 }
 
 impl Connection {
+    fn new() -> Connection {
+        Connection {
+            buf: BytesMut::with_capacity(HEAD_READ),
+            headers: Vec::with_capacity(1024),
+            request_id: Vec::with_capacity(32),
+            path: Vec::with_capacity(32),
+            out: Vec::with_capacity(HEAD_READ),
+        }
+    }
+
+    /// The request for the arm at `authority`, into `out`: the client's path and
+    /// forwarded headers, the arm as `Host`, and the body.
+    fn write_request(&mut self, plan: &Plan, authority: &str) {
+        let body = &self.buf[plan.head_len..plan.head_len + plan.body_len];
+        self.out.clear();
+        self.out.extend_from_slice(b"POST ");
+        self.out.extend_from_slice(&self.path);
+        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        self.out.extend_from_slice(authority.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&self.headers);
+        self.out.extend_from_slice(body);
+    }
+
     /// Parses the buffered head and decides who serves it; for the fast path, copies
     /// what forwarding needs (path, forwarded header lines, request id).
     fn inspect(&mut self, active: &Active, max_head_bytes: usize) -> Inspection {
@@ -398,7 +406,7 @@ impl Connection {
         series.predictions.inc();
         let assigned_header =
             (serving != assigned.arm).then(|| active.arms[assigned.arm].header.as_bytes());
-        let (index, head) = match outcome {
+        let (mut upstream, head) = match outcome {
             Err(e) => {
                 let err = e.to_api();
                 series.error(err.kind);
@@ -422,11 +430,10 @@ impl Connection {
             active.arms[assigned.arm].series.failovers.inc();
         }
         let deadline = Instant::now() + active.config.upstream.request_timeout;
-        let upstream = &mut self.upstreams[index];
         if !head.status.is_success() {
             let kind = match head.framing {
                 Framing::Length(n) if n <= ARM_ERROR_BODY_LIMIT => {
-                    match fill(upstream, n, deadline).await {
+                    match fill(&mut upstream, n, deadline).await {
                         Ok(()) => arm_error_kind(head.status, &upstream.buf[..n]),
                         Err(_) => arm_error_kind(head.status, b""),
                     }
@@ -436,32 +443,29 @@ impl Connection {
             series.error(kind);
         }
         series.duration.observe(started.elapsed().as_secs_f64());
-        let relayed = relay_body(upstream, client, &mut self.out, head.framing, deadline).await;
+        let relayed =
+            relay_body(&mut upstream, client, &mut self.out, head.framing, deadline).await;
         match relayed {
             Relay::Done => {
-                upstream.idle_since = Instant::now();
-                if !head.reusable {
-                    self.upstreams.swap_remove(index);
+                if head.reusable && upstream.buf.is_empty() {
+                    pool::checkin(upstream, pool_limits(active));
                 }
                 Ok(!plan.close && !matches!(head.framing, Framing::UntilClose))
             }
-            Relay::UpstreamFailed => {
-                self.upstreams.swap_remove(index);
-                Ok(false)
-            }
+            Relay::UpstreamFailed => Ok(false),
             Relay::ClientGone => Err(ClientGone),
         }
     }
 
-    /// One exchange with `arm`: on success the client-ready head is in `out`, the
-    /// body (or its start) in the upstream's buffer, and the upstream's index returned.
+    /// One exchange with `arm`: on success the client-ready head is in `out` and the
+    /// body (or its start) in the returned upstream's buffer.
     async fn attempt(
         &mut self,
         plan: &Plan,
         served: &ActiveArm,
         assigned: Option<&[u8]>,
         active: &Active,
-    ) -> Result<(usize, ResponseHead), RouterError> {
+    ) -> Result<(Upstream, ResponseHead), RouterError> {
         let arm = &served.config;
         let deadline = Instant::now() + active.config.upstream.request_timeout;
         let timeout = || RouterError::Timeout {
@@ -472,99 +476,107 @@ impl Connection {
             arm: arm.name.clone(),
             reason,
         };
-        let mut fresh_tried = false;
+        let authority = arm.authority.as_str();
+        let mut pooled = pool::checkout(authority, pool_limits(active));
         loop {
-            let index = match self.upstream(arm, active, deadline).await {
-                Some(Ok(i)) => i,
-                Some(Err(e)) => return Err(e),
-                None => return Err(timeout()),
+            let reused = pooled.is_some();
+            let mut upstream = match pooled.take() {
+                Some(u) => u,
+                None => match connect(arm, active, deadline).await {
+                    Some(Ok(u)) => u,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(timeout()),
+                },
             };
-            let upstream = &mut self.upstreams[index];
-            let body = &self.buf[plan.head_len..plan.head_len + plan.body_len];
-            self.out.clear();
-            self.out.extend_from_slice(b"POST ");
-            self.out.extend_from_slice(&self.path);
-            self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-            self.out.extend_from_slice(upstream.authority.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
-            self.out.extend_from_slice(&self.headers);
-            self.out.extend_from_slice(body);
+            self.write_request(plan, authority);
             let tags = Tags {
                 variant: served.header.as_bytes(),
                 assigned,
                 request_id: &self.request_id,
                 close: plan.close,
             };
-            match exchange(upstream, &mut self.out, &tags, deadline).await {
-                Ok(head) => {
-                    upstream.used = true;
-                    return Ok((index, head));
-                }
-                Err(failure) => {
-                    self.upstreams.swap_remove(index);
-                    match failure {
-                        Failure::Stale if !fresh_tried => fresh_tried = true,
-                        Failure::Stale => {
-                            return Err(broken("connection closed before the response".into()))
-                        }
-                        Failure::Timeout => return Err(timeout()),
-                        Failure::Broken(reason) => return Err(broken(reason)),
-                    }
-                }
+            match exchange(&mut upstream, reused, &mut self.out, &tags, deadline).await {
+                Ok(head) => return Ok((upstream, head)),
+                // The arm had closed it while idle (a keep-alive timeout, a restart):
+                // its other idle connections likely went the same way. Once more, on
+                // a fresh connection.
+                Err(Failure::Stale) => pool::purge(authority),
+                Err(Failure::Timeout) => return Err(timeout()),
+                Err(Failure::Broken(reason)) => return Err(broken(reason)),
             }
         }
     }
+}
 
-    /// This connection's upstream to `arm`, opened if needed; `None` past `deadline`.
-    async fn upstream(
-        &mut self,
-        arm: &ArmConfig,
-        active: &Active,
-        deadline: Instant,
-    ) -> Option<Result<usize, RouterError>> {
-        let authority = arm.authority.as_str();
-        if let Some(i) = self.upstreams.iter().position(|u| u.authority == authority) {
-            if !self.upstreams[i].used || self.upstreams[i].idle_since.elapsed() < PROBE_AFTER_IDLE
-            {
-                return Some(Ok(i));
-            }
-            // Long idle: the arm may have closed it meanwhile. Bytes or EOF now mean
-            // it is not fit for a request.
-            let mut probe = [0u8; 1];
-            match self.upstreams[i].stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(Ok(i)),
-                _ => {
-                    self.upstreams.swap_remove(i);
-                }
-            }
+/// The pool settings of the config in force.
+fn pool_limits(active: &Active) -> pool::Limits {
+    pool::Limits {
+        max_idle_per_arm: active.config.upstream.pool_max_idle_per_arm,
+        idle_timeout: active.config.upstream.pool_idle_timeout,
+    }
+}
+
+/// A new connection to `arm` within the connect timeout; `None` past `deadline`.
+async fn connect(
+    arm: &ArmConfig,
+    active: &Active,
+    deadline: Instant,
+) -> Option<Result<Upstream, RouterError>> {
+    let authority = arm.authority.as_str();
+    let connect_by = deadline.min(Instant::now() + active.config.upstream.connect_timeout);
+    let stream = match timeout_at(connect_by, TcpStream::connect(authority)).await {
+        Err(_) if connect_by < deadline => Err(format!(
+            "no connection within {} ms",
+            active.config.upstream.connect_timeout.as_millis()
+        )),
+        Err(_) => return None,
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(s)) => Ok(s),
+    };
+    Some(match stream {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            Ok(Upstream {
+                authority: authority.to_string(),
+                stream,
+                buf: BytesMut::with_capacity(HEAD_READ),
+                idle_since: Instant::now(),
+            })
         }
-        let connect_by = deadline.min(Instant::now() + active.config.upstream.connect_timeout);
-        let stream = match timeout_at(connect_by, TcpStream::connect(authority)).await {
-            Err(_) if connect_by < deadline => Err(format!(
-                "no connection within {} ms",
-                active.config.upstream.connect_timeout.as_millis()
-            )),
-            Err(_) => return None,
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(s)) => Ok(s),
-        };
-        Some(match stream {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                self.upstreams.push(Upstream {
-                    authority: authority.to_string(),
-                    stream,
-                    buf: BytesMut::with_capacity(READ_CHUNK),
-                    used: false,
-                    idle_since: Instant::now(),
-                });
-                Ok(self.upstreams.len() - 1)
-            }
-            Err(reason) => Err(RouterError::Connect {
-                arm: arm.name.clone(),
-                reason,
-            }),
-        })
+        Err(reason) => Err(RouterError::Connect {
+            arm: arm.name.clone(),
+            reason,
+        }),
+    })
+}
+
+/// The socket-free work of one fast-path request, for benchmarks: inspects `request`,
+/// assigns its user, writes the request for the arm, then parses the arm's `response`
+/// head and writes the client's. Returns the arm and the two output sizes, or `None`
+/// when hyper would serve the request or `response` is not a complete final head.
+pub fn rewrite_without_sockets(
+    active: &Active,
+    request: &[u8],
+    response: &[u8],
+) -> Option<(usize, usize, usize)> {
+    let mut conn = Connection::new();
+    conn.buf.extend_from_slice(request);
+    let Inspection::Fast(plan) = conn.inspect(active, 32 * 1024) else {
+        return None;
+    };
+    let arm = &active.arms[active.split.pick(plan.position)];
+    conn.write_request(&plan, arm.config.authority.as_str());
+    let sent = conn.out.len();
+    let tags = Tags {
+        variant: arm.header.as_bytes(),
+        assigned: None,
+        request_id: &conn.request_id,
+        close: plan.close,
+    };
+    let mut client = Vec::with_capacity(HEAD_READ);
+    match parse_response(response, &mut client, &tags) {
+        Ok(Some((_, Some(_)))) => Some((active.split.pick(plan.position), sent, client.len())),
+        _ => None,
     }
 }
 
@@ -580,11 +592,11 @@ struct Tags<'a> {
 /// version of it in `out`.
 async fn exchange(
     upstream: &mut Upstream,
+    reused: bool,
     out: &mut Vec<u8>,
     tags: &Tags<'_>,
     deadline: Instant,
 ) -> Result<ResponseHead, Failure> {
-    let reused = upstream.used;
     let lost = |e: std::io::Error| {
         if reused {
             Failure::Stale
@@ -614,7 +626,7 @@ async fn exchange(
             }
         }
         let first = upstream.buf.is_empty();
-        upstream.buf.reserve(READ_CHUNK);
+        upstream.buf.reserve(HEAD_READ);
         match timeout_at(deadline, upstream.stream.read_buf(&mut upstream.buf)).await {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(0)) if first && reused => return Err(Failure::Stale),
@@ -960,16 +972,9 @@ weight = 1
     }
 
     fn connection(bytes: &str) -> Connection {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(bytes.as_bytes());
-        Connection {
-            buf,
-            upstreams: Vec::new(),
-            headers: Vec::new(),
-            request_id: Vec::new(),
-            path: Vec::new(),
-            out: Vec::new(),
-        }
+        let mut conn = Connection::new();
+        conn.buf.extend_from_slice(bytes.as_bytes());
+        conn
     }
 
     fn decide(head: &str) -> &'static str {

@@ -11,8 +11,9 @@
 //! * [`health`] — active and passive arm health.
 //! * [`reload`] — live reload on file change and SIGHUP.
 //! * [`service`] — the routes.
-//! * [`fastpath`] — the common `/predict` forwarded without hyper, on upstream
-//!   connections owned by the client's connection; everything else goes to [`service`].
+//! * [`fastpath`] — the common `/predict` forwarded without hyper; everything else
+//!   goes to [`service`].
+//! * [`pool`] — the fast path's idle arm connections, per worker thread.
 //! * [`metrics`] — the router's metric families.
 //! * [`check`] — `abgate check`: validate a file and show who would move.
 //! * [`error`] — the error enum and its one mapping to HTTP.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fastpath;
 pub mod health;
 pub mod metrics;
+pub mod pool;
 pub mod reload;
 pub mod service;
 pub mod state;
@@ -78,6 +80,8 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     let preface_router = Arc::clone(&router);
     let max_head = options.max_header_bytes;
     let workers = router.active().config.workers;
+    // Idle arm connections left on this thread by an earlier server (and runtime).
+    pool::clear();
     abgate_common::http::serve_on_threads_with(
         listener,
         workers,
@@ -89,6 +93,7 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
         options,
     )
     .await;
+    pool::clear();
     for task in tasks {
         task.abort();
     }

@@ -1,0 +1,219 @@
+//! Idle keep-alive connections to arms for the fast path, pooled per worker thread.
+//!
+//! A request checks a connection out, drives it from its own task (no hand-off
+//! between tasks or threads), and checks it back in when the response is relayed.
+//! The pool is last-in, first-out, so at low load a few warm connections carry all
+//! the traffic, and the number of connections to an arm follows concurrency rather
+//! than the number of clients, as with nginx's `keepalive` or HAProxy's
+//! `http-reuse`. Every worker thread runs its own single-threaded runtime, so a
+//! thread-local pool only ever holds sockets of the runtime that polls them.
+
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A connection idle for longer is checked for a close by the arm before reuse.
+const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// How often idle connections of every arm are checked against the idle timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A keep-alive connection to one arm.
+pub struct Upstream {
+    /// The arm's `host:port`.
+    pub authority: String,
+    /// The connection.
+    pub stream: TcpStream,
+    /// Bytes read from the arm and not yet relayed.
+    pub buf: BytesMut,
+    /// When it was last checked in.
+    pub idle_since: Instant,
+}
+
+struct ArmPool {
+    authority: String,
+    /// Oldest first; checkout takes the newest.
+    idle: Vec<Upstream>,
+}
+
+#[derive(Default)]
+struct Pool {
+    arms: Vec<ArmPool>,
+    swept: Option<Instant>,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+/// Pool limits, from the `[upstream]` settings in force.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Idle connections kept per arm on each worker thread.
+    pub max_idle_per_arm: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+/// The most recently used idle connection to `authority` that is still fit for a
+/// request, if any.
+pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
+    POOL.with_borrow_mut(|pool| {
+        let arm = pool.arms.iter_mut().find(|a| a.authority == authority)?;
+        while let Some(upstream) = arm.idle.pop() {
+            let idle = upstream.idle_since.elapsed();
+            if idle >= limits.idle_timeout {
+                // The newest is expired, so is everything older.
+                arm.idle.clear();
+                return None;
+            }
+            if idle < PROBE_AFTER_IDLE || still_open(&upstream.stream) {
+                return Some(upstream);
+            }
+        }
+        None
+    })
+}
+
+/// Whether an idle connection shows neither bytes nor a close from the arm. Costs a
+/// `recv` only when the reactor has seen the socket become readable.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Returns a connection whose last exchange ended cleanly.
+pub fn checkin(mut upstream: Upstream, limits: Limits) {
+    let now = Instant::now();
+    upstream.idle_since = now;
+    POOL.with_borrow_mut(|pool| {
+        if pool
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            pool.swept = Some(now);
+            for arm in &mut pool.arms {
+                arm.idle
+                    .retain(|u| now.duration_since(u.idle_since) < limits.idle_timeout);
+            }
+            pool.arms.retain(|a| !a.idle.is_empty());
+        }
+        if limits.max_idle_per_arm == 0 {
+            return;
+        }
+        let index = match pool
+            .arms
+            .iter()
+            .position(|a| a.authority == upstream.authority)
+        {
+            Some(i) => i,
+            None => {
+                pool.arms.push(ArmPool {
+                    authority: upstream.authority.clone(),
+                    idle: Vec::new(),
+                });
+                pool.arms.len() - 1
+            }
+        };
+        let idle = &mut pool.arms[index].idle;
+        if idle.len() >= limits.max_idle_per_arm {
+            idle.remove(0);
+        }
+        idle.push(upstream);
+    });
+}
+
+/// Closes this thread's idle connections to `authority` (after one of them turned out
+/// to be closed by the arm: the others likely are too).
+pub fn purge(authority: &str) {
+    POOL.with_borrow_mut(|pool| pool.arms.retain(|a| a.authority != authority));
+}
+
+/// Closes every idle connection of this thread (a server on this thread is stopping).
+pub fn clear() {
+    POOL.with_borrow_mut(|pool| pool.arms.clear());
+}
+
+/// Idle connections held by this thread to `authority`.
+pub fn idle_count(authority: &str) -> usize {
+    POOL.with_borrow(|pool| {
+        pool.arms
+            .iter()
+            .find(|a| a.authority == authority)
+            .map_or(0, |a| a.idle.len())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn connection(listener: &TcpListener) -> Upstream {
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Upstream {
+            authority: addr.to_string(),
+            stream,
+            buf: BytesMut::new(),
+            idle_since: Instant::now(),
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_idle_per_arm: 2,
+        idle_timeout: Duration::from_secs(30),
+    };
+
+    #[tokio::test]
+    async fn the_newest_idle_connection_is_reused_first_and_the_pool_is_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let up = connection(&listener).await;
+            ports.push(up.stream.local_addr().map(|a| a.port()).unwrap_or(0));
+            checkin(up, LIMITS);
+        }
+        let authority = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        assert_eq!(idle_count(&authority), 2, "bounded by max_idle_per_arm");
+        let port =
+            |u: Option<Upstream>| u.and_then(|u| u.stream.local_addr().ok()).map(|a| a.port());
+        assert_eq!(port(checkout(&authority, LIMITS)), Some(ports[2]));
+        assert_eq!(port(checkout(&authority, LIMITS)), Some(ports[1]));
+        assert!(
+            checkout(&authority, LIMITS).is_none(),
+            "the oldest was dropped"
+        );
+        assert!(checkout("127.0.0.1:1", LIMITS).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_connections_are_not_handed_out() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let authority = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        checkin(connection(&listener).await, LIMITS);
+        let short = Limits {
+            idle_timeout: Duration::from_millis(20),
+            ..LIMITS
+        };
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(checkout(&authority, short).is_none());
+        assert_eq!(idle_count(&authority), 0);
+        checkin(connection(&listener).await, LIMITS);
+        purge(&authority);
+        assert_eq!(idle_count(&authority), 0);
+    }
+}
