@@ -3,14 +3,15 @@
 (`split_clients`) and through HAProxy (`balance hdr(X-User-Id)`), on the same
 backends, interleaved round by round, at equal worker counts.
 
-    python3 benches/compare.py                 # full run (~10 min), writes benches/results/
+    python3 benches/compare.py                 # full run (~15 min), writes benches/results/
     python3 benches/compare.py --quick         # CI smoke: seconds, checks only
 
 For each backend kind (trivial hyper stubs, then the real model servers) and each
 worker count (1 and 2): closed-loop throughput with wrk (median, min-max over the
 rounds), CPU microseconds per request of the proxy process(es) from /proc/<pid>/stat,
 latency percentiles at fixed rates (about 25% and 70% of the slowest proxy's maximum)
-with the coordinated-omission-corrected open loop of `loadgen`, peak RSS (VmHWM), and
+with the coordinated-omission-corrected open loop of `loadgen`, once per round and
+reported as the median over the rounds, the added p99 over direct, peak RSS (VmHWM), and
 the ratios against direct, nginx and HAProxy. Every open-loop run also checks the
 split against the weights (SRM over users) and that no user changed arm; any error,
 split mismatch or stickiness violation fails the run (exit 1).

@@ -591,3 +591,50 @@ async fn arm_connections_follow_concurrency_not_the_number_of_clients() {
     );
     router.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_or_oversized_head_gets_a_counted_json_error_and_the_connection_closes() {
+    let arm = ScriptedArm::start(Script::Length).await;
+    let router = router_to(&arm).await;
+    let big = format!(
+        "POST /predict HTTP/1.1\r\nx-user-id: u\r\nx-pad: {}\r\n\r\n",
+        "a".repeat(40 * 1024)
+    );
+    let cases = [
+        (
+            "POST /predict HTTP/1.1\r\nx-user-id : u\r\ncontent-length: 2\r\n\r\n{}".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "POST /predict HTTP/1.1\r\nx-user-id: u\r\ncontent-length: 2\r\ncontent-length: 5\r\n\r\n{}".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (big, 431, "headers_too_large"),
+    ];
+    for (request, status, kind) in &cases {
+        let mut client = connect(&router).await;
+        // The peer may close while a large head is still being written.
+        let _ = client.write_all(request.as_bytes()).await;
+        let mut buf = Vec::new();
+        let r = read_response(&mut client, &mut buf).await;
+        assert_eq!(r.status, *status, "{}", r.body);
+        assert!(r.body.contains(&format!("\"{kind}\"")), "{}", r.body);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    let text = router.metrics(&client_http()).await;
+    for (kind, n) in [("malformed_request", 2.0), ("headers_too_large", 1.0)] {
+        assert_eq!(
+            metric(
+                &text,
+                "prediction_errors_total",
+                &[("variant", "unassigned"), ("error_type", kind)]
+            ),
+            n,
+            "{kind}"
+        );
+    }
+    assert!(arm.heads().is_empty());
+    router.stop().await;
+}

@@ -45,11 +45,15 @@ pub enum ErrorKind {
     Overloaded,
     /// The arm did not answer within the configured timeout.
     UpstreamTimeout,
+    /// The request head is not valid HTTP/1.1.
+    MalformedRequest,
+    /// The request head exceeds the header size limit.
+    HeadersTooLarge,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (used to pre-create metric series).
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidInput,
         ErrorKind::MissingFeature,
@@ -67,6 +71,8 @@ impl ErrorKind {
         ErrorKind::NoHealthyArm,
         ErrorKind::Overloaded,
         ErrorKind::UpstreamTimeout,
+        ErrorKind::MalformedRequest,
+        ErrorKind::HeadersTooLarge,
     ];
 
     /// The JSON `type` and the `error_type` label value.
@@ -89,6 +95,8 @@ impl ErrorKind {
             ErrorKind::NoHealthyArm => "no_healthy_arm",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::MalformedRequest => "malformed_request",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -100,7 +108,8 @@ impl ErrorKind {
             | ErrorKind::MissingFeature
             | ErrorKind::UnknownFeature
             | ErrorKind::InvalidBatch
-            | ErrorKind::UnknownVariant => StatusCode::BAD_REQUEST,
+            | ErrorKind::UnknownVariant
+            | ErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
             ErrorKind::OverrideForbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -111,6 +120,7 @@ impl ErrorKind {
             ErrorKind::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorKind::NoHealthyArm | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

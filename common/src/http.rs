@@ -71,7 +71,70 @@ pub async fn serve<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve_with(listener, handler, hyper_only, shutdown, options).await;
+    let source = Source::Accept {
+        listener,
+        others: Vec::new(),
+        next: 0,
+    };
+    serve_with(source, handler, hyper_only, shutdown, options).await;
+}
+
+/// Where a worker's connections come from.
+enum Source {
+    /// This worker accepts, keeps every `others.len() + 1`-th connection and hands the
+    /// rest round-robin to the other workers, so each gets the same number.
+    Accept {
+        listener: TcpListener,
+        others: Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>,
+        next: usize,
+    },
+    /// Connections handed over by the accepting worker.
+    Handed(tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>),
+}
+
+impl Source {
+    /// The next connection this worker serves; `None` once no more can come.
+    async fn next(&mut self) -> Option<TcpStream> {
+        match self {
+            Source::Accept {
+                listener,
+                others,
+                next,
+            } => loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let target = *next % (others.len() + 1);
+                *next = next.wrapping_add(1);
+                if target == 0 {
+                    return Some(stream);
+                }
+                match stream.into_std() {
+                    Ok(std_stream) => {
+                        if let Err(returned) = others[target - 1].send(std_stream) {
+                            // That worker is gone: serve it here.
+                            return TcpStream::from_std(returned.0).ok();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot hand a connection over"),
+                }
+            },
+            Source::Handed(rx) => loop {
+                let std_stream = rx.recv().await?;
+                match TcpStream::from_std(std_stream) {
+                    Ok(stream) => return Some(stream),
+                    Err(e) => tracing::warn!(error = %e, "cannot take a handed-over connection"),
+                }
+            },
+        }
+    }
 }
 
 /// The preface of servers without one: hyper serves every connection from its start.
@@ -82,7 +145,7 @@ async fn hyper_only(stream: TcpStream, _stopping: Stopping) -> Handoff {
 /// [`serve`] with a preface: every accepted connection goes first to `preface`, which
 /// may serve it to the end or hand it (and what it read) to hyper and `handler`.
 async fn serve_with<H, Fut, B, P, PFut>(
-    listener: TcpListener,
+    mut source: Source,
     handler: H,
     preface: P,
     shutdown: impl Future<Output = ()>,
@@ -109,19 +172,13 @@ async fn serve_with<H, Fut, B, P, PFut>(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+        let stream = tokio::select! {
+            next = source.next() => match next {
+                Some(stream) => stream,
+                None => break,
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let fut = handler(req);
@@ -140,7 +197,7 @@ async fn serve_with<H, Fut, B, P, PFut>(
             }
         });
     }
-    drop(listener);
+    drop(source);
     let _ = stop.send(true);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
@@ -207,10 +264,12 @@ impl tokio::io::AsyncWrite for Prefixed {
     }
 }
 
-/// Like [`serve`], but accepts on `workers` threads: this task's runtime plus
-/// `workers - 1` threads each running its own single-threaded runtime on a clone of
-/// the listening socket (thread per core, like nginx workers: a connection stays on
-/// one thread, so no request pays for cross-thread wake-ups). Returns when every
+/// Like [`serve`], but on `workers` threads: this task's runtime plus `workers - 1`
+/// threads each running its own single-threaded runtime (thread per core, like nginx
+/// workers: a connection stays on one thread, so no request pays for cross-thread
+/// wake-ups). This task accepts and deals connections round-robin, so every worker
+/// gets the same number whatever the timing of the connects (workers racing for a
+/// shared listening socket split a burst of connects unevenly). Returns when every
 /// worker has drained.
 pub async fn serve_on_threads<H, Fut, B>(
     listener: TcpListener,
@@ -248,14 +307,9 @@ pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
 {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut done = Vec::new();
+    let mut others = Vec::new();
     for i in 1..workers.max(1) {
-        let std_listener = match listener_clone(&listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot clone the listener; serving on fewer threads");
-                break;
-            }
-        };
+        let (handed, incoming) = tokio::sync::mpsc::unbounded_channel();
         let (handler, preface, options, mut stopping) = (
             handler.clone(),
             preface.clone(),
@@ -270,29 +324,24 @@ pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(rt) => rt.block_on(async move {
-                        match TcpListener::from_std(std_listener) {
-                            Ok(l) => {
-                                serve_with(
-                                    l,
-                                    handler,
-                                    preface,
-                                    async move {
-                                        let _ = stopping.wait_for(|s| *s).await;
-                                    },
-                                    options,
-                                )
-                                .await
-                            }
-                            Err(e) => tracing::error!(error = %e, "worker cannot listen"),
-                        }
-                    }),
+                    Ok(rt) => rt.block_on(serve_with(
+                        Source::Handed(incoming),
+                        handler,
+                        preface,
+                        async move {
+                            let _ = stopping.wait_for(|s| *s).await;
+                        },
+                        options,
+                    )),
                     Err(e) => tracing::error!(error = %e, "worker cannot start a runtime"),
                 }
                 let _ = finished.send(());
             });
         match spawned {
-            Ok(_) => done.push(finished_rx),
+            Ok(_) => {
+                others.push(handed);
+                done.push(finished_rx);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot start worker thread"),
         }
     }
@@ -301,10 +350,15 @@ pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
         shutdown.await;
         let _ = stop.send(true);
     };
+    let source = Source::Accept {
+        listener,
+        others,
+        next: 0,
+    };
     tokio::join!(
         relay,
         serve_with(
-            listener,
+            source,
             handler,
             preface,
             async move {
@@ -316,14 +370,6 @@ pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
     for finished in done {
         let _ = finished.await;
     }
-}
-
-/// Duplicates the listening socket (`dup(2)`) so another runtime can accept on it.
-fn listener_clone(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::AsFd;
-    let std_listener = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
-    std_listener.set_nonblocking(true)?;
-    Ok(std_listener)
 }
 
 /// Resolves on SIGINT or SIGTERM (the first to arrive).
@@ -496,6 +542,49 @@ mod tests {
             h.insert(CONTENT_LENGTH, HeaderValue::from_static(len));
         }
         h
+    }
+
+    #[tokio::test]
+    async fn connections_are_dealt_evenly_to_the_workers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_on_threads(
+            listener,
+            3,
+            |_req| async {
+                let name = std::thread::current().name().unwrap_or("?").to_string();
+                Response::new(Full::new(Bytes::from(name)))
+            },
+            async {
+                let _ = stopped.await;
+            },
+            ServeOptions::default(),
+        ));
+        let mut served = std::collections::HashMap::<String, usize>::new();
+        let mut open = Vec::new();
+        for _ in 0..12 {
+            let mut c = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = vec![0u8; 1024];
+            let n = c.read(&mut buf).await.unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            *served.entry(body).or_default() += 1;
+            open.push(c);
+        }
+        assert_eq!(served.len(), 3, "{served:?}");
+        assert!(served.values().all(|&n| n == 4), "{served:?}");
+        let _ = stop.send(());
+        drop(open);
+        let _ = server.await;
     }
 
     #[test]

@@ -37,6 +37,9 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size while waiting for a head (client request or arm response): heads are
 /// small, and an idle connection should not pin a large buffer.
 const HEAD_READ: usize = 4 * 1024;
+/// How long, and for how many bytes, a refused client is read after the answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 /// Read size for bodies larger than what is buffered, relayed in pieces.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -78,6 +81,11 @@ pub async fn serve_connection(
                     Inspection::Partial => {}
                     Inspection::Hyper => return Handoff::Hyper(client, conn.buf.freeze()),
                     Inspection::Fast(plan) => break (plan, active),
+                    Inspection::Reject(kind) => {
+                        conn.reject(&mut client, &router, kind, max_head_bytes)
+                            .await;
+                        return Handoff::Closed;
+                    }
                 }
             }
             conn.buf.reserve(HEAD_READ);
@@ -135,6 +143,8 @@ enum Inspection {
     Partial,
     /// The fast path does not serve it: hyper does.
     Hyper,
+    /// Not a request anyone can serve: answered with this error, then closed.
+    Reject(ErrorKind),
     /// A `/predict` the fast path serves.
     Fast(Plan),
 }
@@ -258,7 +268,10 @@ impl Connection {
             Ok(httparse::Status::Partial) if self.buf.len() < max_head_bytes => {
                 return Inspection::Partial
             }
-            _ => return Inspection::Hyper,
+            Ok(_) => return Inspection::Reject(ErrorKind::HeadersTooLarge),
+            // More header lines than the fast path keeps room for: hyper allows 100.
+            Err(httparse::Error::TooManyHeaders) => return Inspection::Hyper,
+            Err(_) => return Inspection::Reject(ErrorKind::MalformedRequest),
         };
         let path = req.path.unwrap_or("");
         let on_predict = path == "/predict" || path.starts_with("/predict?");
@@ -269,12 +282,21 @@ impl Connection {
         self.path.extend_from_slice(path.as_bytes());
         self.headers.clear();
         self.request_id.clear();
-        let (mut body_len, mut user, mut close) = (None, None, false);
+        let (mut body_len, mut user, mut close, mut id_seen) = (None, None, false, false);
         for header in req.headers.iter() {
             let (name, value) = (header.name, header.value);
             if eq(name, "content-length") {
                 match (body_len, parse_length(value)) {
                     (None, Some(n)) if n <= active.config.body_limit_bytes => body_len = Some(n),
+                    // Two lengths that disagree, or one that is not a number: the body
+                    // cannot be framed, so no one can serve it.
+                    (Some(a), Some(b)) if a != b => {
+                        return Inspection::Reject(ErrorKind::MalformedRequest)
+                    }
+                    (_, None) if !value.iter().all(u8::is_ascii_digit) || value.is_empty() => {
+                        return Inspection::Reject(ErrorKind::MalformedRequest)
+                    }
+                    // Over the limit (413), or a repeated equal length: hyper's path.
                     _ => return Inspection::Hyper,
                 }
             } else if eq(name, "x-user-id") {
@@ -293,9 +315,11 @@ impl Connection {
                     }
                 }
             } else if eq(name, "x-request-id") {
-                if self.request_id.is_empty() && valid_request_id(value) {
+                // Like the hyper path: the first one counts, kept only if valid.
+                if !id_seen && valid_request_id(value) {
                     self.request_id.extend_from_slice(value);
                 }
+                id_seen = true;
             } else if ["transfer-encoding", "expect", "upgrade", "x-variant"]
                 .iter()
                 .any(|n| eq(name, n))
@@ -333,6 +357,44 @@ impl Connection {
             close,
             position: position(&active.config.salt, user),
         })
+    }
+
+    /// Answers a head no route can serve with a JSON error, counted as unassigned (hyper
+    /// would answer a bare 400 or 431, uncounted), and closes the connection.
+    async fn reject(
+        &mut self,
+        client: &mut TcpStream,
+        router: &Router,
+        kind: ErrorKind,
+        max_head_bytes: usize,
+    ) {
+        let message = match kind {
+            ErrorKind::HeadersTooLarge => {
+                format!("request headers exceed the limit of {max_head_bytes} bytes")
+            }
+            _ => "the request is not valid HTTP/1.1".to_string(),
+        };
+        let err = ApiError::new(kind, message);
+        router.metrics.unassigned.error(kind);
+        self.out.clear();
+        let id = new_request_id();
+        write_error_head(&mut self.out, &err, id.as_bytes(), None, None, true);
+        if client.write_all(&self.out).await.is_ok() && client.shutdown().await.is_ok() {
+            // Lingering close: read (and drop) what the client is still sending for a
+            // moment, so closing with unread bytes does not reset the connection
+            // before the client has read the answer.
+            let mut scratch = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut drained = 0;
+                while drained < LINGER_BYTES {
+                    match client.read(&mut scratch).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Reads the rest of the body within the body timeout; a slow client is answered
@@ -982,6 +1044,8 @@ weight = 1
             Inspection::Partial => "partial",
             Inspection::Hyper => "hyper",
             Inspection::Fast(_) => "fast",
+            Inspection::Reject(ErrorKind::MalformedRequest) => "malformed",
+            Inspection::Reject(_) => "too large",
         }
     }
 
@@ -1004,13 +1068,17 @@ weight = 1
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\n\r\n", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
-            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: +2\r\n\r\n{}", "hyper"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}", "malformed"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: +2\r\n\r\n{}", "malformed"),
+            ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 99999999999999999999\r\n\r\n", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 1001\r\n\r\n", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nx-variant: best_model\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nconnection: x-secret\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: u1\r\nupgrade: websocket\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
-            ("POST /predict HTTP/1.1\r\nbad header\r\n\r\n", "hyper"),
+            ("POST /predict HTTP/1.1\r\nbad header\r\n\r\n", "malformed"),
+            ("GET / HTTP/1.1\r\nx-a : b\r\n\r\n", "malformed"),
+            ("\x16\x03\x01\x02\x00\x01\x00", "malformed"),
         ];
         for (head, expected) in cases {
             assert_eq!(decide(head), expected, "{head:?}");
@@ -1018,12 +1086,19 @@ weight = 1
     }
 
     #[test]
-    fn a_head_over_the_limit_goes_to_hyper_which_answers_431() {
+    fn a_head_over_the_limit_is_refused_431() {
         let big = format!(
             "POST /predict HTTP/1.1\r\nx-user-id: u1\r\nx-pad: {}\r\n",
             "a".repeat(40_000)
         );
-        assert_eq!(decide(&big), "hyper");
+        assert_eq!(decide(&big), "too large");
+        let many: String = (0..80).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let head = format!("POST /predict HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            decide(&head),
+            "hyper",
+            "hyper allows up to 100 header lines"
+        );
     }
 
     #[test]
