@@ -293,10 +293,36 @@ async fn router_to(arm: &ScriptedArm) -> RouterHandle {
     RouterHandle::start(&router_toml(&[("best_model", &arm.url, 1.0)], "", "")).await
 }
 
-async fn connect(router: &RouterHandle) -> TcpStream {
-    TcpStream::connect(router.url.trim_start_matches("http://"))
+/// A raw client connection and the bytes read from it but not yet parsed.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Writes `request` (ignoring a close by the peer mid-write) and reads one answer.
+    async fn send(&mut self, request: &str) -> Raw {
+        self.write(request).await;
+        self.read().await
+    }
+
+    async fn write(&mut self, request: &str) {
+        let _ = self.stream.write_all(request.as_bytes()).await;
+    }
+
+    async fn read(&mut self) -> Raw {
+        read_response(&mut self.stream, &mut self.buf).await
+    }
+}
+
+async fn connect(router: &RouterHandle) -> Client {
+    let stream = TcpStream::connect(router.url.trim_start_matches("http://"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Client {
+        stream,
+        buf: Vec::new(),
+    }
 }
 
 #[tokio::test]
@@ -304,13 +330,8 @@ async fn a_chunked_arm_response_reaches_the_client_whole_and_the_arm_connection_
     let arm = ScriptedArm::start(Script::Chunked).await;
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
-    let mut buf = Vec::new();
     for _ in 0..3 {
-        client
-            .write_all(predict_request("user-1", "").as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let r = read_response(&mut client, &mut buf).await;
+        let r = client.send(&predict_request("user-1", "")).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.body, ANSWER);
         assert_eq!(r.header("x-variant"), Some("best_model"));
@@ -329,12 +350,7 @@ async fn a_close_delimited_arm_response_is_relayed_and_the_client_told_to_close(
     let arm = ScriptedArm::start(Script::UntilClose).await;
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
-    let mut buf = Vec::new();
-    client
-        .write_all(predict_request("user-1", "").as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client.send(&predict_request("user-1", "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, ANSWER);
     assert_eq!(r.header("connection"), Some("close"));
@@ -355,13 +371,8 @@ async fn an_arm_that_closed_an_idle_connection_costs_the_user_neither_an_error_n
     );
     let router = RouterHandle::start(&text).await;
     let mut client = connect(&router).await;
-    let mut buf = Vec::new();
     for _ in 0..3 {
-        client
-            .write_all(predict_request("user-1", "").as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let r = read_response(&mut client, &mut buf).await;
+        let r = client.send(&predict_request("user-1", "")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("x-variant"), Some("best_model"));
         assert_eq!(r.header("x-assigned-variant"), None);
@@ -398,13 +409,8 @@ async fn pipelined_requests_are_answered_in_order() {
         predict_request("user-1", "x-request-id: first\r\n"),
         predict_request("user-2", "x-request-id: second\r\n")
     );
-    client
-        .write_all(both.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let a = read_response(&mut client, &mut buf).await;
-    let b = read_response(&mut client, &mut buf).await;
+    let a = client.send(&both).await;
+    let b = client.read().await;
     assert_eq!(
         (a.header("x-request-id"), b.header("x-request-id")),
         (Some("first"), Some("second"))
@@ -420,12 +426,7 @@ async fn the_arm_sees_the_clients_end_to_end_headers_but_not_the_hop_by_hop_ones
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
     let extra = "x-trace: abc\r\nx-override-token: secret\r\nkeep-alive: timeout=5\r\nconnection: keep-alive\r\nx-request-id: req-42\r\n";
-    client
-        .write_all(predict_request("user-7", extra).as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client.send(&predict_request("user-7", extra)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some("req-42"));
     let heads = arm.heads();
@@ -456,16 +457,13 @@ async fn a_client_that_asks_to_close_gets_its_answer_and_then_the_close() {
     let arm = ScriptedArm::start(Script::Length).await;
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
-    client
-        .write_all(predict_request("user-1", "connection: close\r\n").as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client
+        .send(&predict_request("user-1", "connection: close\r\n"))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
     let mut rest = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+    let n = tokio::time::timeout(Duration::from_secs(5), client.stream.read(&mut rest))
         .await
         .unwrap_or_else(|_| panic!("the router kept the connection open"))
         .unwrap_or(0);
@@ -478,17 +476,13 @@ async fn a_connection_can_move_from_the_fast_path_to_hyper_between_requests() {
     let arm = ScriptedArm::start(Script::Length).await;
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
-    let mut buf = Vec::new();
-    client
-        .write_all(predict_request("user-1", "").as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(read_response(&mut client, &mut buf).await.status, 200);
-    client
-        .write_all(b"GET /api/config HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let config = read_response(&mut client, &mut buf).await;
+    assert_eq!(
+        client.send(&predict_request("user-1", "")).await.status,
+        200
+    );
+    let config = client
+        .send("GET /api/config HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
     assert_eq!(config.status, 200);
     assert!(config.body.contains("\"experiment\""), "{}", config.body);
     // A /predict without X-User-Id is hyper's (the user id is in the body).
@@ -497,11 +491,7 @@ async fn a_connection_can_move_from_the_fast_path_to_hyper_between_requests() {
         "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    client
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client.send(&request).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-variant"), Some("best_model"));
     assert_eq!(arm.heads().len(), 2);
@@ -520,12 +510,7 @@ async fn a_body_that_never_completes_is_answered_408_and_counted() {
     let mut client = connect(&router).await;
     let head =
         "POST /predict HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ncontent-length: 100\r\n\r\n{\"feat";
-    client
-        .write_all(head.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client.send(head).await;
     assert_eq!(r.status, 408);
     assert!(r.body.contains("\"request_timeout\""), "{}", r.body);
     let text = router.metrics(&client_http()).await;
@@ -546,12 +531,7 @@ async fn an_arms_json_error_passes_through_and_is_counted_by_its_type() {
     let arm = ScriptedArm::start(Script::InvalidInput).await;
     let router = router_to(&arm).await;
     let mut client = connect(&router).await;
-    client
-        .write_all(predict_request("user-1", "").as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let r = read_response(&mut client, &mut buf).await;
+    let r = client.send(&predict_request("user-1", "")).await;
     assert_eq!(r.status, 422);
     assert!(r.body.contains("alcohol is missing"), "{}", r.body);
     assert_eq!(r.header("x-variant"), Some("best_model"));
@@ -575,12 +555,13 @@ async fn arm_connections_follow_concurrency_not_the_number_of_clients() {
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut client = connect(&router).await;
-        client
-            .write_all(predict_request(&format!("user-{i}"), "").as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut buf = Vec::new();
-        assert_eq!(read_response(&mut client, &mut buf).await.status, 200);
+        assert_eq!(
+            client
+                .send(&predict_request(&format!("user-{i}"), ""))
+                .await
+                .status,
+            200
+        );
         clients.push(client); // still open: its connection is not what holds the arm's
     }
     assert_eq!(arm.heads().len(), 20);
@@ -616,9 +597,7 @@ async fn a_malformed_or_oversized_head_gets_a_counted_json_error_and_the_connect
     for (request, status, kind) in &cases {
         let mut client = connect(&router).await;
         // The peer may close while a large head is still being written.
-        let _ = client.write_all(request.as_bytes()).await;
-        let mut buf = Vec::new();
-        let r = read_response(&mut client, &mut buf).await;
+        let r = client.send(request).await;
         assert_eq!(r.status, *status, "{}", r.body);
         assert!(r.body.contains(&format!("\"{kind}\"")), "{}", r.body);
         assert_eq!(r.header("connection"), Some("close"));
