@@ -615,7 +615,8 @@ async fn connect(
 /// The socket-free work of one fast-path request, for benchmarks: inspects `request`,
 /// assigns its user, writes the request for the arm, then parses the arm's `response`
 /// head and writes the client's. Returns the arm and the two output sizes, or `None`
-/// when hyper would serve the request or `response` is not a complete final head.
+/// when hyper would serve the request, its body is incomplete, or `response` is not a
+/// complete final head.
 pub fn rewrite_without_sockets(
     active: &Active,
     request: &[u8],
@@ -626,6 +627,9 @@ pub fn rewrite_without_sockets(
     let Inspection::Fast(plan) = conn.inspect(active, 32 * 1024) else {
         return None;
     };
+    if conn.buf.len() < plan.head_len + plan.body_len {
+        return None;
+    }
     let arm = &active.arms[active.split.pick(plan.position)];
     conn.write_request(&plan, arm.config.authority.as_str());
     let sent = conn.out.len();
@@ -1121,6 +1125,26 @@ weight = 1
         );
         assert_eq!(conn.path, b"/predict");
         assert_eq!(plan.position, position("s", "u1"));
+    }
+
+    #[test]
+    fn the_socket_free_rewrite_needs_the_whole_body_and_a_final_response_head() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let short = b"POST /predict HTTP/1.1\r\nx-user-id: u\r\ncontent-length: 10\r\n\r\n{}";
+        let whole = b"POST /predict HTTP/1.1\r\nx-user-id: u\r\ncontent-length: 2\r\n\r\n{}";
+        let active = active();
+        assert_eq!(rewrite_without_sockets(&active, short, ok), None);
+        assert_eq!(
+            rewrite_without_sockets(&active, whole, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            None
+        );
+        let (arm, sent, answered) =
+            rewrite_without_sockets(&active, whole, ok).unwrap_or_else(|| panic!("not fast"));
+        assert_eq!(arm, 0);
+        assert!(
+            sent > whole.len() - 20 && answered > ok.len(),
+            "{sent} {answered}"
+        );
     }
 
     fn respond(head: &str) -> Result<Option<(usize, Option<ResponseHead>)>, String> {
