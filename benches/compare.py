@@ -359,7 +359,7 @@ def markdown(report):
         added = []
         for r in (r1, r2):
             base = direct["latency"][str(int(r))]["p99"]
-            parts = [f"{row['path']} +{row['latency'][str(int(r))]['p99'] - base}"
+            parts = [f"{row['path']} {row['latency'][str(int(r))]['p99'] - base:+d}"
                      for row in cell["rows"] if row["path"] != "direct"]
             added.append(f"@ {int(r)}/s: " + ", ".join(parts))
         lines.append("Added p99 over direct (us, medians of the rounds) " + "; ".join(added) + ".")
