@@ -1,14 +1,16 @@
 //! The forwarding fast path. The request that makes up nearly all traffic — `POST
 //! /predict` over HTTP/1.1 with `X-User-Id` and a `Content-Length` body — is read,
 //! assigned and forwarded by a small HTTP/1.1 exchange written for exactly that, over
-//! upstream connections owned by the client's connection: a request crosses no task,
-//! thread or shared pool, and costs the proxy little more than its four socket calls.
+//! an arm connection checked out of this worker thread's pool ([`crate::pool`]) and
+//! driven by the request's own task: a request crosses no task or thread, and costs
+//! the proxy little more than its four socket calls.
 //!
 //! Anything else — other routes and methods, `X-Variant` overrides, chunked or
-//! oversized bodies, `Expect`, upgrades, HTTP/1.0, a down arm, the concurrency limit,
-//! malformed heads — is handed to hyper with the bytes already read, and
-//! [`crate::service`] serves the rest of that connection. Both paths count the same
-//! series and answer with the same headers.
+//! oversized bodies, `Expect`, upgrades, HTTP/1.0, a down arm, the concurrency limit
+//! — is handed to hyper with the bytes already read, and [`crate::service`] serves the
+//! rest of that connection. A head that is not HTTP/1.1 or is too large is answered
+//! here with a JSON error. Both paths count the same series and answer with the same
+//! headers.
 
 use abgate_common::http::{Handoff, Stopping};
 use abgate_common::{ApiError, ErrorKind};
