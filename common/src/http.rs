@@ -57,19 +57,59 @@ pub enum Handoff {
 /// should close, one in the middle of a request should finish it first.
 pub type Stopping = tokio::sync::watch::Receiver<bool>;
 
+/// A server's routes: answers one request (any `Fn(Request) -> impl Future<Output =
+/// Response>` that can be shared across worker threads).
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response body.
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+    /// The answer in the making.
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    /// Answers `req`.
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future;
+}
+
+impl<F, Fut, B> Handler for F
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+    type Future = Fut;
+    fn call(&self, req: http::Request<Incoming>) -> Fut {
+        self(req)
+    }
+}
+
+/// What sees a connection before hyper does: serves it to the end, or hands it (and
+/// the bytes it read) to hyper.
+pub trait Preface: Clone + Send + Sync + 'static {
+    /// The connection's fate in the making.
+    type Future: Future<Output = Handoff> + Send + 'static;
+    /// Takes `stream`; `stopping` says when the server stops accepting.
+    fn call(&self, stream: TcpStream, stopping: Stopping) -> Self::Future;
+}
+
+impl<F, Fut> Preface for F
+where
+    F: Fn(TcpStream, Stopping) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Handoff> + Send + 'static,
+{
+    type Future = Fut;
+    fn call(&self, stream: TcpStream, stopping: Stopping) -> Fut {
+        self(stream, stopping)
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish for up to `shutdown_grace`, and returns.
-pub async fn serve<H, Fut, B>(
+pub async fn serve<H>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    H: Handler,
 {
     let source = Source::Accept {
         listener,
@@ -144,20 +184,15 @@ async fn hyper_only(stream: TcpStream, _stopping: Stopping) -> Handoff {
 
 /// [`serve`] with a preface: every accepted connection goes first to `preface`, which
 /// may serve it to the end or hand it (and what it read) to hyper and `handler`.
-async fn serve_with<H, Fut, B, P, PFut>(
+async fn serve_with<H, P>(
     mut source: Source,
     handler: H,
     preface: P,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    P: Fn(TcpStream, Stopping) -> PFut + Clone + Send + Sync + 'static,
-    PFut: Future<Output = Handoff> + Send + 'static,
+    H: Handler,
+    P: Preface,
 {
     let mut builder = http1::Builder::new();
     builder
@@ -181,14 +216,15 @@ async fn serve_with<H, Fut, B, P, PFut>(
         };
         let handler = handler.clone();
         let service = service_fn(move |req| {
-            let fut = handler(req);
+            let fut = Handler::call(&handler, req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         // Subscribed now, so the drain waits for this connection from its first byte.
         let watcher = graceful.watcher();
         let (builder, preface, stopping) = (builder.clone(), preface.clone(), stopping.clone());
         tokio::spawn(async move {
-            let Handoff::Hyper(stream, read) = preface(stream, stopping).await else {
+            let Handoff::Hyper(stream, read) = Preface::call(&preface, stream, stopping).await
+            else {
                 return;
             };
             let conn = builder.serve_connection(TokioIo::new(Prefixed { read, stream }), service);
@@ -271,25 +307,21 @@ impl tokio::io::AsyncWrite for Prefixed {
 /// gets the same number whatever the timing of the connects (workers racing for a
 /// shared listening socket split a burst of connects unevenly). Returns when every
 /// worker has drained.
-pub async fn serve_on_threads<H, Fut, B>(
+pub async fn serve_on_threads<H>(
     listener: TcpListener,
     workers: usize,
     handler: H,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    H: Handler,
 {
     serve_on_threads_with(listener, workers, handler, hyper_only, shutdown, options).await;
 }
 
 /// [`serve_on_threads`] with a preface that sees each connection before hyper does
 /// (the router's forwarding fast path).
-pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
+pub async fn serve_on_threads_with<H, P>(
     listener: TcpListener,
     workers: usize,
     handler: H,
@@ -297,13 +329,8 @@ pub async fn serve_on_threads_with<H, Fut, B, P, PFut>(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) where
-    H: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    P: Fn(TcpStream, Stopping) -> PFut + Clone + Send + Sync + 'static,
-    PFut: Future<Output = Handoff> + Send + 'static,
+    H: Handler,
+    P: Preface,
 {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut done = Vec::new();

@@ -643,7 +643,7 @@ pub fn rewrite_without_sockets(
     };
     let mut client = Vec::with_capacity(HEAD_READ);
     match parse_response(response, &mut client, &tags) {
-        Ok(Some((_, Some(_)))) => Some((active.split.pick(plan.position), sent, client.len())),
+        Ok(Parsed::Final(..)) => Some((active.split.pick(plan.position), sent, client.len())),
         _ => None,
     }
 }
@@ -681,15 +681,18 @@ async fn exchange(
     loop {
         if !upstream.buf.is_empty() {
             match parse_response(&upstream.buf, out, tags) {
-                Ok(Some((len, head))) => {
+                Ok(Parsed::Final(len, head)) => {
                     upstream.buf.advance(len);
-                    if let Some(head) = head {
-                        return Ok(head);
-                    }
-                    continue; // an interim 1xx response
+                    return Ok(head);
                 }
-                Ok(None) if upstream.buf.len() < MAX_RESPONSE_HEAD => {}
-                Ok(None) => return Err(Failure::Broken("response head too large".into())),
+                Ok(Parsed::Interim(len)) => {
+                    upstream.buf.advance(len);
+                    continue;
+                }
+                Ok(Parsed::Partial) if upstream.buf.len() < MAX_RESPONSE_HEAD => {}
+                Ok(Parsed::Partial) => {
+                    return Err(Failure::Broken("response head too large".into()))
+                }
                 Err(reason) => return Err(Failure::Broken(reason)),
             }
         }
@@ -710,25 +713,29 @@ async fn exchange(
     }
 }
 
-/// Parses a response head from `buf`. `Ok(None)`: incomplete. `Ok(Some((len, None)))`:
-/// an interim 1xx to skip. Otherwise the final head, rewritten into `out`.
-#[allow(clippy::type_complexity)]
-fn parse_response(
-    buf: &[u8],
-    out: &mut Vec<u8>,
-    tags: &Tags<'_>,
-) -> Result<Option<(usize, Option<ResponseHead>)>, String> {
+/// What the start of an arm's response turned out to be.
+enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// An interim 1xx head of this many bytes, to skip.
+    Interim(usize),
+    /// The final head, of this many bytes, rewritten for the client into `out`.
+    Final(usize, ResponseHead),
+}
+
+/// Parses a response head from `buf`; a final head is rewritten into `out`.
+fn parse_response(buf: &[u8], out: &mut Vec<u8>, tags: &Tags<'_>) -> Result<Parsed, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut slots);
     let len = match res.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => return Err(format!("invalid response head: {e}")),
     };
     let code = res.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status {code}"))?;
     if status.is_informational() {
-        return Ok(Some((len, None)));
+        return Ok(Parsed::Interim(len));
     }
     let mut reusable = res.version == Some(1);
     let (mut length, mut chunked) = (None, false);
@@ -798,14 +805,14 @@ fn parse_response(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some((
+    Ok(Parsed::Final(
         len,
-        Some(ResponseHead {
+        ResponseHead {
             status,
             framing,
             reusable,
-        }),
-    )))
+        },
+    ))
 }
 
 fn write_tags(out: &mut Vec<u8>, variant: Option<&[u8]>, assigned: Option<&[u8]>, id: &[u8]) {
@@ -1149,7 +1156,7 @@ weight = 1
         );
     }
 
-    fn respond(head: &str) -> Result<Option<(usize, Option<ResponseHead>)>, String> {
+    fn respond(head: &str) -> Result<Parsed, String> {
         let mut out = Vec::new();
         let tags = Tags {
             variant: b"best_model",
@@ -1163,13 +1170,13 @@ weight = 1
     #[test]
     fn arm_response_framing_is_read_as_http_1_1_defines_it() {
         let framing = |head: &str| match respond(head) {
-            Ok(Some((_, Some(h)))) => match h.framing {
+            Ok(Parsed::Final(_, h)) => match h.framing {
                 Framing::Length(n) => format!("length {n} reusable {}", h.reusable),
                 Framing::Chunked => format!("chunked reusable {}", h.reusable),
                 Framing::UntilClose => format!("until-close reusable {}", h.reusable),
             },
-            Ok(Some((_, None))) => "interim".into(),
-            Ok(None) => "partial".into(),
+            Ok(Parsed::Interim(_)) => "interim".into(),
+            Ok(Parsed::Partial) => "partial".into(),
             Err(_) => "broken".into(),
         };
         let cases = [
@@ -1223,7 +1230,7 @@ weight = 1
         };
         let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nx-variant: spoofed\r\ncontent-length: 2\r\n\r\n{}";
         let parsed = parse_response(head.as_bytes(), &mut out, &tags);
-        assert!(matches!(parsed, Ok(Some((n, Some(_)))) if n == head.len() - 2));
+        assert!(matches!(parsed, Ok(Parsed::Final(n, _)) if n == head.len() - 2));
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nx-variant: candidate_model\r\nx-assigned-variant: best_model\r\nx-request-id: rid\r\nconnection: close\r\n\r\n"
