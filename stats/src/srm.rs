@@ -13,7 +13,7 @@
 //! a non-negative martingale under the null, so by Ville's inequality
 //! `P(∃n: BF ≥ 1/a) ≤ a` and the running minimum of `1/BF` is an anytime-valid p-value:
 //! it may be checked after every user. It is computed in log space with this crate's
-//! [`ln_gamma`](crate::special::ln_gamma).
+//! [`ln_gamma`].
 //!
 //! The prior is centred on the null, `α_i = k · p_i`, with concentration
 //! `k` = [`DEFAULT_CONCENTRATION`] = 10 000, the default of Optimizely's `ssrm`
