@@ -19,28 +19,36 @@
 //! * [`metric`] — the closed set of compared metrics and their better direction.
 //! * [`verdict`] — `better` / `worse` / `no_difference_yet` / `not_enough_data`.
 //! * [`comparison`] — [`compare`]: two arms' moments → estimate, intervals, verdict.
+//! * [`arm`] — [`ArmStats`], one arm's accumulators for every metric, and
+//!   [`compare_arms`].
 //! * [`guardrail`] — the trip rule: the whole sequence lies beyond `max_degradation`.
 //! * [`special`] — log-gamma, incomplete gamma, normal tail and quantile.
 //!
-//! # Example
+//! # Example: what the router does
 //! ```
-//! use abgate_stats::{compare, CompareConfig, Metric, Moments, Proportion, SrmMonitor, Verdict};
+//! use abgate_stats::{compare_arms, ArmStats, CompareConfig, SrmMonitor, Verdict};
 //!
-//! let (mut control, mut candidate) = (Proportion::new(), Proportion::new());
+//! let (mut control, mut candidate) = (ArmStats::new(), ArmStats::new());
 //! for i in 0..5000 {
-//!     control.push(i % 100 == 0); // 1% errors
-//!     candidate.push(i % 25 == 0); // 4% errors
+//!     control.record_response(if i % 100 == 0 { 500 } else { 200 }, 0.050); // 1% 5xx
+//!     candidate.record_response(if i % 25 == 0 { 503 } else { 200 }, 0.048); // 4% 5xx
 //! }
-//! let c = compare(Metric::ErrorRate, &candidate.into(), &control.into(), &CompareConfig::default());
-//! assert_eq!(c.verdict, Verdict::Worse);
-//!
+//! for c in compare_arms(&candidate, &control, &CompareConfig::default()) {
+//!     // c.metric, c.estimate, c.ci_low, c.ci_high, c.n_arm, c.n_control, c.verdict
+//!     if c.metric.as_str() == "error_rate" {
+//!         assert_eq!(c.verdict, Verdict::Worse);
+//!         assert!(abgate_stats::guardrail::trips(&c, 0.01)); // worse by more than 1 point
+//!     }
+//! }
+//! // Sampled sticky users per served arm against the configured weights, every refresh:
 //! let mut srm = SrmMonitor::new(&[50.0, 50.0]).unwrap();
-//! assert!(!srm.observe(&[5030, 4970]).unwrap().alarm);
-//! # let _ = Moments::new();
+//! let report = srm.observe(&[5030, 4970]).unwrap();
+//! assert!(!report.alarm && report.p_value <= 1.0 && report.chi2_p_value > 0.5);
 //! ```
 
 #![deny(missing_docs)]
 
+pub mod arm;
 pub mod comparison;
 pub mod guardrail;
 pub mod metric;
@@ -50,6 +58,7 @@ pub mod special;
 pub mod srm;
 pub mod verdict;
 
+pub use arm::{compare_arms, ArmStats};
 pub use comparison::{compare, CompareConfig, Comparison};
 pub use metric::{Metric, UnknownMetric};
 pub use moments::{Moments, Proportion};

@@ -228,3 +228,85 @@ fn power_srm_five_percent_candidate_user_loss_alarms_before_100000() {
     );
     assert!(power >= 0.95, "power {power}");
 }
+
+#[test]
+fn aa_srm_with_sample_thinning_keeps_false_positives_below_alpha() {
+    // The router counts a consistent sample of users (hash < fraction) and halves the
+    // fraction when the sample exceeds its cap; the monitor continues across each thinning.
+    // A small concentration (k = 100) makes the Bayes factor move within a 2000-user
+    // sample, so an invalid continuation would show.
+    const CAP: usize = 2_000;
+    const USERS: usize = 40_000;
+    let mut rng = SmallRng::seed_from_u64(0x7417);
+    let mut rejected = 0usize;
+    let mut thinnings = 0usize;
+    for _ in 0..EXPERIMENTS {
+        let mut monitor = SrmMonitor::with_concentration(&[50.0, 50.0], 100.0).unwrap();
+        let mut fraction = 1.0f64;
+        let mut sample: Vec<(f64, usize)> = Vec::with_capacity(CAP + 1);
+        let counts = |sample: &[(f64, usize)]| {
+            let ones = sample.iter().filter(|(_, arm)| *arm == 1).count() as u64;
+            [sample.len() as u64 - ones, ones]
+        };
+        let mut ever = false;
+        for seen in 1..=USERS {
+            let hash: f64 = rng.random();
+            let arm = usize::from(rng.random::<bool>());
+            if hash < fraction {
+                sample.push((hash, arm));
+                if sample.len() > CAP {
+                    let before = counts(&sample);
+                    ever |= monitor.observe(&before).unwrap().p_value < 0.05;
+                    fraction /= 2.0;
+                    sample.retain(|(h, _)| *h < fraction);
+                    monitor.thin(&before, &counts(&sample)).unwrap();
+                    thinnings += 1;
+                }
+            }
+            if seen % BATCH == 0 {
+                ever |= monitor.observe(&counts(&sample)).unwrap().p_value < 0.05;
+            }
+        }
+        rejected += usize::from(ever);
+    }
+    let rate = rejected as f64 / EXPERIMENTS as f64;
+    println!(
+        "A/A SRM with thinning (k = 100, cap {CAP}, {USERS} users, {:.1} thinnings per experiment): anytime p < 0.05 ever in {:.1}%",
+        thinnings as f64 / EXPERIMENTS as f64,
+        100.0 * rate
+    );
+    assert!(thinnings >= 4 * EXPERIMENTS);
+    assert!(rate <= allowance(0.05, EXPERIMENTS), "rate {rate}");
+}
+
+#[test]
+fn guardrail_at_exactly_the_allowed_degradation_rarely_trips() {
+    // True degradation equal to max_degradation (1% -> 2% errors, allowance 1 point):
+    // the rule must trip in at most α of runs, however often it is checked.
+    const RUNS: usize = 500;
+    let mut rng = SmallRng::seed_from_u64(0x6A4D);
+    let config = CompareConfig::default();
+    let mut tripped = 0usize;
+    for _ in 0..RUNS {
+        let (mut control, mut candidate) = (Proportion::new(), Proportion::new());
+        for _ in 0..PER_ARM / BATCH {
+            for _ in 0..BATCH {
+                control.push(rng.random::<f64>() < 0.01);
+                candidate.push(rng.random::<f64>() < 0.02);
+            }
+            let c = compare(
+                Metric::ErrorRate,
+                &candidate.into(),
+                &control.into(),
+                &config,
+            );
+            if abgate_stats::guardrail::trips(&c, 0.01) {
+                tripped += 1;
+                break;
+            }
+        }
+    }
+    let rate = tripped as f64 / RUNS as f64;
+    println!("guardrail at exactly its allowance (error_rate +1 point, {RUNS} runs to {PER_ARM}/arm): tripped in {:.1}%", 100.0 * rate);
+    assert!(rate <= allowance(0.05, RUNS), "rate {rate}");
+}
