@@ -17,6 +17,8 @@ struct RawConfig {
     variant: String,
     listen: String,
     model_dir: PathBuf,
+    #[serde(default = "default_model_name")]
+    model_name: String,
     #[serde(default = "default_body_limit")]
     body_limit_bytes: usize,
     #[serde(default = "default_max_batch")]
@@ -43,6 +45,9 @@ struct RawConfig {
     system_sample_interval_ms: u64,
 }
 
+fn default_model_name() -> String {
+    DEFAULT_MODEL_NAME.to_string()
+}
 fn default_body_limit() -> usize {
     1024 * 1024
 }
@@ -74,6 +79,9 @@ fn default_sample() -> u64 {
     5_000
 }
 
+/// The logical model name both shipped arms serve on the Open Inference Protocol.
+pub const DEFAULT_MODEL_NAME: &str = "wine-quality";
+
 /// A validated model-server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -83,6 +91,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Model directory (resolved against the config file's directory).
     pub model_dir: PathBuf,
+    /// The experiment's logical model name: `{model}` in the Open Inference Protocol's
+    /// `/v2/models/{model}/…` routes. Every arm of one experiment serves the same name.
+    pub model_name: String,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
     /// Largest accepted `instances` batch.
@@ -117,6 +128,17 @@ pub fn is_valid_variant(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Model names appear in URL paths: 1-64 letters, digits, `_`, `-` or `.`, not
+/// starting with `.` (so never `.` or `..`), and never needing percent-encoding.
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 impl ServerConfig {
     /// Loads and validates `path` (TOML, then `ABGATE_MODEL_*` variables).
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
@@ -139,6 +161,15 @@ impl ServerConfig {
                 format!(
                     "{:?} must be 1-64 characters of letters, digits and `_`",
                     raw.variant
+                ),
+            ));
+        }
+        if !is_valid_model_name(&raw.model_name) {
+            return Err(invalid(
+                "model_name",
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, `_`, `-` and `.`, not starting with `.`",
+                    raw.model_name
                 ),
             ));
         }
@@ -172,6 +203,7 @@ impl ServerConfig {
             variant: raw.variant,
             listen,
             model_dir: config::resolve_relative(path, &raw.model_dir),
+            model_name: raw.model_name,
             body_limit_bytes: raw.body_limit_bytes,
             max_batch_size: raw.max_batch_size,
             workers: or_cores(raw.workers),
@@ -199,6 +231,7 @@ mod tests {
         let c = ServerConfig::parse(Path::new("config/best_model.toml"), GOOD)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.variant, "best_model");
+        assert_eq!(c.model_name, "wine-quality");
         assert_eq!(c.body_limit_bytes, 1024 * 1024);
         assert_eq!(c.model_dir, PathBuf::from("config/../models/best_model"));
         assert!(c.inference_threads >= 1);
@@ -209,6 +242,9 @@ mod tests {
         let cases = [
             ("variant = \"best-model\"", "key `variant`"),
             ("listen = \"localhost\"", "key `listen`"),
+            ("model_name = \"\"", "key `model_name`"),
+            ("model_name = \"wine/quality\"", "key `model_name`"),
+            ("model_name = \"..\"", "key `model_name`"),
             ("max_batch_size = 0", "key `max_batch_size`"),
             ("body_limit_bytes = -1", "key `body_limit_bytes`"),
             ("colour = \"red\"", "unknown field: found `colour`"),

@@ -12,6 +12,8 @@
 //! * [`inference`] — forward passes on dedicated threads with a bounded queue.
 //! * [`recent`] — prediction ids and the bounded ring of recent predictions.
 //! * [`service`] — the routes.
+//! * [`oip`] — the Open Inference Protocol v2 REST routes under `/v2` (KServe v2 /
+//!   Triton, binary tensor extension included).
 //!
 //! [`run`] serves a loaded configuration on a listener until a shutdown future
 //! resolves, so tests start a real server in-process on port 0.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod inference;
 pub mod model;
+pub mod oip;
 pub mod recent;
 pub mod service;
 pub mod train;

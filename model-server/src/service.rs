@@ -1,5 +1,6 @@
 //! The model server's routes: `/predict`, `/feedback`, `/metrics`, `/api/health`,
-//! `/api/metrics`. Every rejection is a JSON error counted under its `error_type`.
+//! `/api/metrics`, and the Open Inference Protocol under `/v2` ([`crate::oip`]). Every
+//! rejection is a JSON error counted under its `error_type`.
 
 use abgate_common::http::{
     error_response, json_response, metrics_response, read_body, require_json,
@@ -8,7 +9,7 @@ use abgate_common::metrics::{ArmMetrics, ArmSummary, Metrics};
 use abgate_common::system::SystemSampler;
 use abgate_common::{ApiError, ErrorKind};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
@@ -26,6 +27,9 @@ use crate::validation::{parse_feedback, FeatureSchema};
 /// Buckets of `prediction_absolute_error` (quality points).
 pub const ABS_ERROR_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
 
+/// `X-Variant`: the arm that answered (set on OIP responses).
+pub const X_VARIANT: HeaderName = HeaderName::from_static("x-variant");
+
 /// Everything a request handler needs.
 pub struct State {
     /// The validated configuration.
@@ -38,12 +42,16 @@ pub struct State {
     pub arm: ArmMetrics,
     /// CPU and memory gauges.
     pub system: Arc<SystemSampler>,
-    inference: Inference,
+    pub(crate) inference: Inference,
     schema: FeatureSchema,
-    recent: RecentPredictions,
+    pub(crate) recent: RecentPredictions,
     abs_error: Histogram,
     rating: Histogram,
-    rows: IntCounter,
+    pub(crate) rows: IntCounter,
+    /// `predictions_total{endpoint="infer", variant}`.
+    pub(crate) infer_requests: IntCounter,
+    /// The arm's name as an `X-Variant` value.
+    pub(crate) variant_header: HeaderValue,
     started: Instant,
 }
 
@@ -103,6 +111,11 @@ impl State {
             abs_error: abs_error.with_label_values(&[variant]),
             rating: rating.with_label_values(&[variant]),
             rows: rows.with_label_values(&[variant]),
+            infer_requests: metrics
+                .predictions
+                .with_label_values(&[crate::oip::ENDPOINT_INFER, variant]),
+            variant_header: HeaderValue::from_str(variant)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
             inference,
             system,
             arm,
@@ -125,6 +138,9 @@ const ROUTES: [(&str, Method); 5] = [
 /// Answers one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if crate::oip::path::is_oip(path) {
+        return crate::oip::handle(&state, req).await;
+    }
     let method = req.method();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
     let result = match route {
