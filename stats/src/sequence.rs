@@ -59,10 +59,18 @@
 //! verdicts are withheld below 100 per arm, and the effects an ML gateway is asked about
 //! (an error rate rising by a point or two, latency moving by a few percent) resolve
 //! between a few hundred and a few thousand requests per arm, where `M` stays between
-//! 3.0 and 3.3 (3.82 at n = 100, 3.03 at 1000, 3.25 at 10⁴, 3.57 at 10⁵). The price of
+//! 3.0 and 3.3 (3.82 at n = 100, 3.04 at 1000, 3.25 at 10⁴, 3.57 at 10⁵). The price of
 //! anytime validity is a sequence about 1.55× as wide as the fixed 95% interval at n*.
 //! Since `M(n) ≥ sqrt(−2 ln α) > z_{1−α/2}` for every `n`, the sequence always contains
 //! the fixed interval.
+//!
+//! # Assumptions
+//! Observations are independent with finite variance, and validity is asymptotic (the
+//! variance is estimated). The seeded simulations in `tests/simulation.rs` measure the
+//! false-positive rate at small samples: 1.4% for a 1% error rate and 2.8% for lognormal
+//! latency, monitored every 100 observations to 20 000 per arm (nominal ≤ 5%). Requests of
+//! one user are not independent; when a few users send most of the traffic, per-request
+//! metrics understate the variance.
 
 use serde::Serialize;
 
