@@ -355,9 +355,10 @@ async fn kubelet_symlink_swaps_under_traffic_apply_every_new_weight_move_users_o
     assert_eq!(router.reloads(&c, "failure").await, rejected);
     assert_eq!(router.reloads(&c, "success").await, (version - 1) as f64);
     eprintln!(
-        "configmap: {} kubelet swaps ({} valid, {rejected} invalid), {sent} background requests + sweeps, 0 failed",
+        "configmap: {} kubelet swaps ({} valid, {rejected} invalid), {sent} background requests and {} sweep requests, 0 failed",
         volume.updates,
-        version - 1
+        version - 1,
+        USERS * (volume.updates as usize + 1)
     );
     router.stop().await;
 }
