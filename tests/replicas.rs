@@ -55,17 +55,21 @@ fn readme_vectors() -> Vec<(String, String, f64, String)> {
         .collect()
 }
 
-/// Asks every replica for every user's arm (by `X-Variant`), 16 users at a time.
-async fn arms_per_replica(replicas: &[Arc<RouterHandle>], prefix: &str) -> Vec<Vec<String>> {
+/// Asks every replica (by base URL) for every user's arm (by `X-Variant`), 16 users
+/// at a time.
+async fn arms_per_replica(replicas: &[String], prefix: &str) -> Vec<Vec<String>> {
     let mut answers = Vec::new();
     for replica in replicas {
         let mut arms = vec![String::new(); USERS];
         for chunk in (0..USERS).collect::<Vec<_>>().chunks(16) {
             let asks = chunk.iter().map(|&u| {
-                let (replica, user) = (Arc::clone(replica), format!("{prefix}-{u}"));
+                let (url, user) = (format!("{replica}/predict"), format!("{prefix}-{u}"));
                 tokio::spawn(async move {
                     let c = HttpClient::new(Duration::from_secs(10));
-                    let r = replica.predict(&c, &user).await;
+                    let r = c
+                        .post_json(&url, &[("x-user-id", &user)], predict_body())
+                        .await
+                        .unwrap_or_else(|e| panic!("{user}: {e}"));
                     assert_eq!(r.status, StatusCode::OK, "{user}: {}", r.text());
                     (u, r.header("x-variant").unwrap_or("").to_string())
                 })
@@ -78,6 +82,23 @@ async fn arms_per_replica(replicas: &[Arc<RouterHandle>], prefix: &str) -> Vec<V
         answers.push(arms);
     }
     answers
+}
+
+/// A router in-process on port 0 reading `path` (here: a ConfigMap volume's symlink).
+/// Returns its URL and a sender that stops it.
+async fn router_on(path: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let config = abgate_router::RouterConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let router = abgate_router::Router::new(config, abgate_router::state::config_hash(&text))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(abgate_router::serve(router, listener, async {
+        let _ = stopped.await;
+    }));
+    wait_ok(&format!("{url}/api/health"), Duration::from_secs(10)).await;
+    (url, stop)
 }
 
 #[test]
@@ -134,7 +155,8 @@ async fn three_router_replicas_with_one_config_give_each_of_2000_users_the_same_
         for r in &replicas {
             assert_eq!(r.get_json(&c, "/api/config").await["salt"], *salt);
         }
-        let answers = arms_per_replica(&replicas, "replica-user").await;
+        let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+        let answers = arms_per_replica(&urls, "replica-user").await;
         let mut counts = vec![0usize; arms.len()];
         for u in 0..USERS {
             let user = format!("replica-user-{u}");
@@ -166,5 +188,97 @@ async fn three_router_replicas_with_one_config_give_each_of_2000_users_the_same_
                 r.stop().await;
             }
         }
+    }
+}
+
+/// A ConfigMap volume as the kubelet lays it out: `router.toml -> ..data/router.toml`,
+/// `..data -> ..<timestamp>` (see tests/configmap.rs for the full reproduction).
+fn kubelet_volume(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let first = "..2026_12_01_10_00_00.000000000";
+    std::fs::create_dir(dir.path().join(first)).unwrap();
+    std::fs::write(dir.path().join(first).join("router.toml"), text).unwrap();
+    std::os::unix::fs::symlink(first, dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/router.toml", dir.path().join("router.toml")).unwrap();
+    dir
+}
+
+/// The kubelet's atomic update: new timestamped directory, `..data_tmp` renamed over
+/// `..data`, the old directory deleted.
+fn kubelet_swap(dir: &std::path::Path, text: &str) {
+    let old = std::fs::read_link(dir.join("..data")).unwrap();
+    let next = "..2026_12_01_10_00_01.000000000";
+    std::fs::create_dir(dir.join(next)).unwrap();
+    std::fs::write(dir.join(next).join("router.toml"), text).unwrap();
+    std::os::unix::fs::symlink(next, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join(old)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_configmap_swap_reaches_all_three_replicas_and_they_agree_again_on_the_new_split() {
+    let best = StubArm::start(Duration::ZERO, StatusCode::OK).await;
+    let candidate = StubArm::start(Duration::ZERO, StatusCode::OK).await;
+    let text = |w: f64| {
+        router_toml(
+            &[
+                ("best_model", best.url.as_str(), 100.0 - w),
+                ("candidate_model", candidate.url.as_str(), w),
+            ],
+            "failover = false",
+            "",
+        )
+    };
+    let volume = kubelet_volume(&text(10.0));
+    let path = volume.path().join("router.toml");
+    // Each replica reads the same mounted file, as pods of one Deployment do.
+    let mut replicas = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..REPLICAS {
+        let (url, stop) = router_on(&path).await;
+        replicas.push(url);
+        stops.push(stop);
+    }
+    let c = client();
+    for r in &replicas {
+        let config = c.get(&format!("{r}/api/config")).await.unwrap().json();
+        assert_eq!(config["file"], path_str(&path));
+    }
+    let new_text = text(40.0);
+    let hash = abgate_router::state::config_hash(&new_text);
+    let swapped = std::time::Instant::now();
+    kubelet_swap(volume.path(), &new_text);
+    let mut reached = Vec::new();
+    for r in &replicas {
+        eventually(
+            "the swap reaches the replica",
+            Duration::from_secs(10),
+            || {
+                let (c, url, hash) = (c.clone(), format!("{r}/api/config"), hash.clone());
+                async move {
+                    c.get(&url)
+                        .await
+                        .map(|r| r.json()["hash"] == hash.as_str())
+                        .unwrap_or(false)
+                }
+            },
+        )
+        .await;
+        reached.push(swapped.elapsed());
+    }
+    let arms = [("best_model", 60.0), ("candidate_model", 40.0)];
+    let answers = arms_per_replica(&replicas, "swap-user").await;
+    for u in 0..USERS {
+        let expected = published_arm(&arms, position("wine-2026-11", &format!("swap-user-{u}")));
+        for replica in &answers {
+            assert_eq!(replica[u], expected, "swap-user-{u}");
+        }
+    }
+    eprintln!(
+        "one ConfigMap swap reached {REPLICAS} replicas (poll 50 ms) after {:?}; all {USERS} users agree at 60/40",
+        reached
+    );
+    for stop in stops {
+        let _ = stop.send(());
     }
 }
