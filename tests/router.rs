@@ -149,6 +149,9 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
     let failures = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
     let history: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    // Users whose request was sent once the new split was visibly active.
+    let applied = Arc::new(AtomicBool::new(false));
+    let after: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let (running, failures, sent, history) = (
@@ -157,6 +160,7 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
             sent.clone(),
             history.clone(),
         );
+        let (applied, after) = (applied.clone(), after.clone());
         let url = router.url.clone();
         tasks.push(tokio::spawn(async move {
             let c = client();
@@ -164,6 +168,7 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
             while running.load(Ordering::Relaxed) {
                 let user = format!("user-{}", i % 2000);
                 i += 8;
+                let sent_after = applied.load(Ordering::Relaxed);
                 match c
                     .post_json(
                         &format!("{url}/predict"),
@@ -174,6 +179,11 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
                 {
                     Ok(r) if r.status == 200 => {
                         let arm = r.header("x-variant").unwrap_or("").to_string();
+                        if sent_after {
+                            if let Ok(mut a) = after.lock() {
+                                a.insert(user.clone(), arm.clone());
+                            }
+                        }
                         if let Ok(mut h) = history.lock() {
                             h.entry(user).or_default().push(arm);
                         }
@@ -199,6 +209,7 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
     })
     .await;
     let applied_after = started.elapsed();
+    applied.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(700)).await;
     running.store(false, Ordering::Relaxed);
     for t in tasks {
@@ -225,18 +236,21 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
         }
     }
     assert!(moved > 0, "nobody moved to the candidate");
-    // After the change, users follow the 50/50 rule.
+    // Requests sent after the change follow the 50/50 rule.
     let split = Split::new(&[50.0, 50.0]).unwrap_or_else(|| panic!());
-    for (user, arms) in history.iter() {
+    let after = std::mem::take(&mut *after.lock().unwrap_or_else(|e| e.into_inner()));
+    assert!(after.len() >= 50, "too few users seen after the reload");
+    for (user, arm) in &after {
         let expected =
             ["best_model", "candidate_model"][split.pick(position("wine-2026-11", user))];
-        if let Some(last) = arms.last() {
-            assert_eq!(last, expected, "{user} after the reload");
-        }
+        assert_eq!(arm, expected, "{user} after the reload");
     }
     let config = router.get_json(&c, "/api/config").await;
     assert_eq!(config["last_reload"]["result"], "success");
-    eprintln!("new split applied after {applied_after:?}");
+    eprintln!(
+        "new split applied after {applied_after:?}, sent {}",
+        sent.load(Ordering::Relaxed)
+    );
     router.stop().await;
 }
 

@@ -8,9 +8,7 @@ use abgate_model_server::validation::FeatureSchema;
 use abgate_model_server::Model;
 use abgate_router::assignment::{position, Split};
 use abgate_router::config::RouterConfig;
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use http::{HeaderMap, HeaderValue, Method, Uri};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -31,31 +29,6 @@ fn assignment(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) & 1023;
             black_box(split.pick(position("wine-2026-11", black_box(&keys[i]))))
-        })
-    });
-}
-
-fn request_rewrite(c: &mut Criterion) {
-    let config =
-        RouterConfig::load(&repo().join("config/router.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let arm = config.arms[0].clone();
-    let uri: Uri = "/predict".parse().unwrap_or_else(|e| panic!("{e}"));
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("x-user-id", HeaderValue::from_static("user-42"));
-    headers.insert("host", HeaderValue::from_static("localhost:8080"));
-    headers.insert("user-agent", HeaderValue::from_static("wrk"));
-    headers.insert("content-length", HeaderValue::from_static("230"));
-    let body = Bytes::from_static(BODY.as_bytes());
-    c.bench_function("router/build_upstream_request", |b| {
-        b.iter(|| {
-            black_box(abgate_router::upstream::build_request(
-                &arm,
-                Method::POST,
-                uri.path_and_query(),
-                headers.clone(),
-                body.clone(),
-            ))
         })
     });
 }
@@ -119,6 +92,6 @@ fn forward(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = assignment, request_rewrite, fast_path, validation, forward
+    targets = assignment, fast_path, validation, forward
 }
 criterion_main!(benches);

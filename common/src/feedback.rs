@@ -40,3 +40,12 @@ impl FeedbackType {
         FeedbackType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
+
+/// The arm that issued a prediction id. Ids are `<variant>-<epoch>-<sequence>`; arm
+/// names hold no `-`, so the owner is everything before the first one.
+pub fn prediction_owner(prediction_id: &str) -> Option<&str> {
+    prediction_id
+        .split_once('-')
+        .map(|(owner, _)| owner)
+        .filter(|o| !o.is_empty())
+}

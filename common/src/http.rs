@@ -31,6 +31,12 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// After shutdown starts, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
+    /// A client that accepts no bytes of an answer for this long is cut off.
+    pub send_timeout: Duration,
+    /// When the server closes a connection, it first reads and drops what the client
+    /// still sends for up to this long (nginx's lingering close), so a client that
+    /// sends its whole body before reading still reads an early error answer.
+    pub linger: Duration,
 }
 
 impl Default for ServeOptions {
@@ -39,6 +45,8 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(2),
         }
     }
 }
@@ -222,12 +230,14 @@ async fn serve_with<H, P>(
         // Subscribed now, so the drain waits for this connection from its first byte.
         let watcher = graceful.watcher();
         let (builder, preface, stopping) = (builder.clone(), preface.clone(), stopping.clone());
+        let options = options.clone();
         tokio::spawn(async move {
             let Handoff::Hyper(stream, read) = Preface::call(&preface, stream, stopping).await
             else {
                 return;
             };
-            let conn = builder.serve_connection(TokioIo::new(Prefixed { read, stream }), service);
+            let io = Prefixed::new(read, stream, &options);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -243,10 +253,61 @@ async fn serve_with<H, P>(
     }
 }
 
-/// A stream that first yields bytes already read from it.
+/// The connection hyper serves: first the bytes the preface already read, then the
+/// socket. Writes that make no progress for `send_timeout` fail (a client that stops
+/// reading is cut off), and closing lingers: after the FIN, the client's bytes are
+/// read and dropped until it closes or `linger` passes.
 struct Prefixed {
     read: Bytes,
     stream: TcpStream,
+    send_timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    linger: Duration,
+    lingering: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    shut: bool,
+}
+
+impl Prefixed {
+    fn new(read: Bytes, stream: TcpStream, options: &ServeOptions) -> Prefixed {
+        Prefixed {
+            read,
+            stream,
+            send_timeout: options.send_timeout,
+            stalled: None,
+            linger: options.linger,
+            lingering: None,
+            shut: false,
+        }
+    }
+
+    /// Turns a write that stays pending past `send_timeout` into an error.
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        match poll {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let stall = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client accepted no bytes within the send timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Prefixed {
@@ -270,7 +331,8 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        let poll = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.guard(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -278,7 +340,8 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let poll = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.guard(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -296,7 +359,38 @@ impl tokio::io::AsyncWrite for Prefixed {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        use std::future::Future as _;
+        use std::task::Poll;
+        use tokio::io::AsyncRead as _;
+        if !self.shut {
+            if let Err(e) =
+                std::task::ready!(std::pin::Pin::new(&mut self.stream).poll_shutdown(cx))
+            {
+                return Poll::Ready(Err(e));
+            }
+            self.shut = true;
+        }
+        let linger = self.linger;
+        let this = &mut *self;
+        let deadline = this
+            .lingering
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+        let mut scratch = [0u8; 4096];
+        for _ in 0..64 {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // A client still sending fast: let other tasks run, then drain on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -518,6 +612,55 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             ),
         ))
     }
+}
+
+/// One entry of a server's route table: a path, the method it accepts, and what
+/// serves it (a closed enum the server matches exhaustively, so a route added to the
+/// table cannot silently be served by another).
+#[derive(Debug, Clone)]
+pub struct Route<T> {
+    /// The exact path.
+    pub path: &'static str,
+    /// The method it accepts (`HEAD` is accepted wherever `GET` is).
+    pub method: http::Method,
+    /// What serves it.
+    pub target: T,
+}
+
+/// Finds the route for `path` and `method`: 404 `not_found` naming `hint` for an
+/// unknown path, 405 `method_not_allowed` (with the `Allow` value) for a known path
+/// with another method.
+pub fn find_route<'a, T>(
+    routes: &'a [Route<T>],
+    path: &str,
+    method: &http::Method,
+    hint: &str,
+) -> Result<&'a Route<T>, (ApiError, Option<HeaderValue>)> {
+    let Some(route) = routes.iter().find(|r| r.path == path) else {
+        let shown: String = path.chars().take(128).collect();
+        return Err((
+            ApiError::new(ErrorKind::NotFound, format!("no route {shown}; {hint}")),
+            None,
+        ));
+    };
+    let head_of_get = *method == http::Method::HEAD && route.method == http::Method::GET;
+    if *method != route.method && !head_of_get {
+        let err = ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{} accepts {} only", route.path, route.method),
+        );
+        return Err((err, HeaderValue::from_str(route.method.as_str()).ok()));
+    }
+    Ok(route)
+}
+
+/// The JSON error answer for a failed [`find_route`], with `Allow` on a 405.
+pub fn route_error(error: &ApiError, allow: Option<HeaderValue>) -> Response<Full<Bytes>> {
+    let mut response = error_response(error);
+    if let Some(allow) = allow {
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    response
 }
 
 /// A response with a JSON body.

@@ -112,6 +112,8 @@ struct RawOverride {
 struct RawClient {
     header_timeout_ms: u64,
     body_timeout_ms: u64,
+    send_timeout_ms: u64,
+    linger_ms: u64,
 }
 
 impl Default for RawClient {
@@ -119,6 +121,8 @@ impl Default for RawClient {
         RawClient {
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
+            send_timeout_ms: 10_000,
+            linger_ms: 2_000,
         }
     }
 }
@@ -186,6 +190,11 @@ pub struct RouterConfig {
     pub header_timeout: Duration,
     /// A request body must arrive within this time.
     pub body_timeout: Duration,
+    /// A client that accepts no bytes of its answer for this long is cut off.
+    pub send_timeout: Duration,
+    /// After an early error answer, the client's bytes are read and dropped for up
+    /// to this long before closing (lingering close).
+    pub linger: Duration,
     /// How often the file is checked for changes.
     pub reload_poll: Duration,
 }
@@ -400,6 +409,9 @@ impl RouterConfig {
             },
             header_timeout: positive("client.header_timeout_ms", raw.client.header_timeout_ms)?,
             body_timeout: positive("client.body_timeout_ms", raw.client.body_timeout_ms)?,
+            send_timeout: positive("client.send_timeout_ms", raw.client.send_timeout_ms)?,
+            // 0 turns lingering off.
+            linger: Duration::from_millis(raw.client.linger_ms),
             reload_poll: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
         })
     }

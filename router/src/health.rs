@@ -1,17 +1,12 @@
-//! Arm health: active checks of each arm's `/api/health`, plus passive marking when a
-//! request cannot connect. Health survives reloads (it is keyed by arm name and URL),
+//! Arm health: what the router believes about each arm, fed by the active checks
+//! ([`crate::checker`]) and by requests that cannot connect (passive). Health survives reloads (it is keyed by arm name and URL),
 //! and is exported as `abgate_arm_up{variant}`.
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::Full;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
-use crate::state::Router;
 
 /// What the router believes about one arm.
 pub struct ArmHealth {
@@ -107,46 +102,5 @@ impl ArmHealth {
             *e = Some(reason);
         }
         self.set_up(false);
-    }
-}
-
-/// Checks every arm of the active config once, concurrently.
-pub async fn check_all(router: &Arc<Router>) {
-    let active = router.active();
-    let mut checks = JoinSet::new();
-    for arm in &active.arms {
-        let client = crate::upstream::client_for(&active.config.upstream);
-        let url = format!("{}/api/health", arm.config.url);
-        let health = Arc::clone(&arm.health);
-        let config = active.config.health.clone();
-        checks.spawn(async move {
-            let request = Request::get(url.as_str())
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string());
-            let result = match request {
-                Err(e) => Err(e),
-                Ok(req) => match tokio::time::timeout(config.timeout, client.request(req)).await {
-                    Err(_) => Err(format!(
-                        "health check timed out after {} ms",
-                        config.timeout.as_millis()
-                    )),
-                    Ok(Err(e)) => Err(format!("health check failed: {e}")),
-                    Ok(Ok(resp)) if resp.status() == StatusCode::OK => Ok(()),
-                    Ok(Ok(resp)) => Err(format!("health check answered {}", resp.status())),
-                },
-            };
-            health.observe(result, &config);
-        });
-    }
-    while checks.join_next().await.is_some() {}
-}
-
-/// Checks all arms every `health.interval` (re-read from the active config each
-/// round, so a reload can change it).
-pub async fn run_checks(router: Arc<Router>) {
-    loop {
-        let interval = router.active().config.health.interval;
-        tokio::time::sleep(interval).await;
-        check_all(&router).await;
     }
 }

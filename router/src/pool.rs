@@ -14,8 +14,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// A connection idle for longer is checked for a close by the arm before reuse.
-const PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// How often idle connections of every arm are checked against the idle timeout.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,7 +55,10 @@ pub struct Limits {
 }
 
 /// The most recently used idle connection to `authority` that is still fit for a
-/// request, if any.
+/// request, if any. Every checkout, whatever the idle time, verifies that the arm sent
+/// nothing (no byte, no close) while the connection was idle: a byte that arrived
+/// unasked is some other exchange's, and a connection carrying one is closed, so one
+/// user can never read another user's answer.
 pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
     POOL.with_borrow_mut(|pool| {
         let arm = pool.arms.iter_mut().find(|a| a.authority == authority)?;
@@ -68,7 +69,7 @@ pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
                 arm.idle.clear();
                 return None;
             }
-            if idle < PROBE_AFTER_IDLE || still_open(&upstream.stream) {
+            if still_open(&upstream.stream) {
                 return Some(upstream);
             }
         }
@@ -77,7 +78,8 @@ pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
 }
 
 /// Whether an idle connection shows neither bytes nor a close from the arm. Costs a
-/// `recv` only when the reactor has seen the socket become readable.
+/// `recv` only when the reactor has seen the socket become readable since the last
+/// read that found it empty; otherwise the reactor's readiness already says no.
 fn still_open(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

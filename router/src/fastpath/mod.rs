@@ -1,0 +1,441 @@
+//! The forwarding fast path: connection control for the request that makes up nearly
+//! all traffic — `POST /predict` over HTTP/1.1 with `X-User-Id` and a
+//! `Content-Length` body. The head is read ([`request`]), the policy assigns and
+//! forwards it ([`crate::policy`]) over the one arm client ([`crate::upstream`]),
+//! driven by the request's own task: a request crosses no task or thread.
+//!
+//! Anything else — other routes and methods, overrides, chunked or oversized bodies,
+//! `Expect`, upgrades, HTTP/1.0, the concurrency limit — is handed to hyper with the
+//! bytes already read, and [`crate::service`] serves the rest of that connection. A
+//! head that is not HTTP/1.1 or is too large is answered here with a JSON error and a
+//! lingering close.
+
+pub mod request;
+
+use abgate_common::http::{Handoff, Stopping};
+use abgate_common::{ApiError, ErrorKind};
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::error::RouterError;
+use crate::headers::new_request_id;
+use crate::policy::{self, Answer, Assignment, ARM_ERROR_BODY_LIMIT};
+use crate::state::{Active, Router};
+use crate::upstream::h1::{self, Framing, Tags};
+use crate::upstream::relay::{relay, Relay, Sink};
+use crate::upstream::{self, release};
+use request::{inspect, Inspection, Plan};
+
+/// Read size while waiting for a head: heads are small, and an idle connection should
+/// not pin a large buffer.
+const HEAD_READ: usize = 4 * 1024;
+/// Read size for bodies larger than what is buffered.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Serves `client` until it closes, the server stops, or a request needs hyper.
+pub async fn serve_connection(
+    router: Arc<Router>,
+    mut client: TcpStream,
+    mut stopping: Stopping,
+    max_head_bytes: usize,
+) -> Handoff {
+    let mut conn = Connection::new();
+    // Created once, so waiting for it between requests costs no new registration.
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    });
+    loop {
+        let head_deadline = Instant::now() + router.active().config.header_timeout;
+        let (plan, active) = loop {
+            if !conn.buf.is_empty() {
+                // Loaded once the head is here, so a reload while idle applies to it.
+                let active = router.active();
+                match inspect(&conn.buf, max_head_bytes, active.config.body_limit_bytes) {
+                    Inspection::Partial => {}
+                    Inspection::Hyper => return Handoff::Hyper(client, conn.buf.freeze()),
+                    Inspection::Fast(plan) => break (plan, active),
+                    Inspection::Reject(kind) => {
+                        conn.reject(&mut client, &router, &active, kind, max_head_bytes)
+                            .await;
+                        return Handoff::Closed;
+                    }
+                }
+            }
+            conn.buf.reserve(HEAD_READ);
+            let idle = conn.buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = timeout_at(head_deadline, client.read_buf(&mut conn.buf)) => read,
+                () = &mut stopped, if idle => return Handoff::Closed,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, broken or silent past the header timeout: nothing to answer.
+                _ => return Handoff::Closed,
+            }
+        };
+        let Some(_slot) = router.admit(active.config.max_concurrent_requests) else {
+            return Handoff::Hyper(client, conn.buf.freeze());
+        };
+        let started = std::time::Instant::now();
+        conn.request_id.clear();
+        match &plan.request_id {
+            Some(r) => conn.request_id.extend_from_slice(&conn.buf[r.clone()]),
+            None => conn
+                .request_id
+                .extend_from_slice(new_request_id().as_bytes()),
+        }
+        if !conn
+            .read_body(&mut client, &plan, started, &active, &router)
+            .await
+        {
+            let _ = client.shutdown().await;
+            return Handoff::Closed;
+        }
+        let key = std::str::from_utf8(&conn.buf[plan.user.clone()]).ok();
+        let assigned = policy::assign_key(&active, key);
+        match conn
+            .forward(&mut client, &plan, &assigned, started, &active, &router)
+            .await
+        {
+            Ok(true) => conn.buf.advance(plan.head_len + plan.body_len),
+            Ok(false) => {
+                let _ = client.shutdown().await;
+                return Handoff::Closed;
+            }
+            Err(ClientGone) => return Handoff::Closed,
+        }
+    }
+}
+
+/// The client's connection is unusable; nothing more can be sent on it.
+struct ClientGone;
+
+/// Per-client-connection state, reused from request to request.
+struct Connection {
+    /// Bytes read from the client and not yet consumed.
+    buf: BytesMut,
+    /// The current request's id.
+    request_id: Vec<u8>,
+    /// The request for the arm.
+    out: Vec<u8>,
+    /// The arm's response headers the client may see, as header lines.
+    kept: Vec<u8>,
+    /// The client's response head (and body bytes) waiting to be written.
+    head: Vec<u8>,
+}
+
+impl Connection {
+    fn new() -> Connection {
+        Connection {
+            buf: BytesMut::with_capacity(HEAD_READ),
+            request_id: Vec::with_capacity(32),
+            out: Vec::with_capacity(HEAD_READ),
+            kept: Vec::with_capacity(512),
+            head: Vec::with_capacity(HEAD_READ),
+        }
+    }
+
+    /// Answers a head no route can serve with a JSON error, counted as unassigned, and
+    /// closes the connection lingeringly.
+    async fn reject(
+        &mut self,
+        client: &mut TcpStream,
+        router: &Router,
+        active: &Active,
+        kind: ErrorKind,
+        max_head_bytes: usize,
+    ) {
+        let message = match kind {
+            ErrorKind::HeadersTooLarge => {
+                format!("request headers exceed the limit of {max_head_bytes} bytes")
+            }
+            _ => "the request is not valid HTTP/1.1".to_string(),
+        };
+        let err = ApiError::new(kind, message);
+        policy::record_unassigned(router, kind);
+        let id = new_request_id();
+        self.answer_and_linger(client, active, &err, id.as_bytes())
+            .await;
+    }
+
+    /// Writes a complete error answer with `Connection: close`, then reads and drops
+    /// what the client still sends for up to `client.linger_ms` before closing, so a
+    /// client that sends its whole body before reading still reads the answer.
+    async fn answer_and_linger(
+        &mut self,
+        client: &mut TcpStream,
+        active: &Active,
+        err: &ApiError,
+        request_id: &[u8],
+    ) {
+        self.head.clear();
+        let tags = Tags {
+            variant: None,
+            assigned: None,
+            request_id,
+            close: true,
+        };
+        h1::write_error(&mut self.head, err, &tags);
+        let sent = timeout(active.config.send_timeout, client.write_all(&self.head)).await;
+        if matches!(sent, Ok(Ok(()))) && client.shutdown().await.is_ok() {
+            linger(client, active.config.linger).await;
+        }
+    }
+
+    /// Reads the rest of the body within the body timeout; a slow client is answered
+    /// 408. `false` when the connection must close.
+    async fn read_body(
+        &mut self,
+        client: &mut TcpStream,
+        plan: &Plan,
+        started: std::time::Instant,
+        active: &Active,
+        router: &Router,
+    ) -> bool {
+        let deadline = Instant::from_std(started) + active.config.body_timeout;
+        let total = plan.head_len + plan.body_len;
+        while self.buf.len() < total {
+            self.buf.reserve(READ_CHUNK.max(total - self.buf.len()));
+            match timeout_at(deadline, client.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return false,
+                Err(_) => {
+                    let err = ApiError::new(
+                        ErrorKind::RequestTimeout,
+                        format!(
+                            "request body not received within {} ms",
+                            active.config.body_timeout.as_millis()
+                        ),
+                    );
+                    policy::record_unassigned(router, err.kind);
+                    let id = std::mem::take(&mut self.request_id);
+                    self.answer_and_linger(client, active, &err, &id).await;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Forwards the buffered request by the policy and answers the client. `Ok(true)`
+    /// when the connection can carry another request.
+    async fn forward(
+        &mut self,
+        client: &mut TcpStream,
+        plan: &Plan,
+        assigned: &Assignment,
+        started: std::time::Instant,
+        active: &Active,
+        router: &Router,
+    ) -> Result<bool, ClientGone> {
+        let Connection {
+            buf,
+            request_id,
+            out,
+            kept,
+            head,
+        } = self;
+        let settings = &active.config.upstream;
+        let mut transport = FastAttempt {
+            active,
+            buf,
+            plan,
+            request_id,
+            out,
+            kept,
+        };
+        let forwarded = policy::forward_with_retry(active, assigned, &mut transport).await;
+        let serving = forwarded.serving;
+        let tags = policy::tags(active, serving, assigned.arm, request_id, plan.close);
+        head.clear();
+        let (mut upstream, response) = match forwarded.result {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(error = %e, "predict failed");
+                let err = e.to_api();
+                let answer = Answer::Router(err.kind);
+                policy::record_prediction(router, active, assigned, serving, answer, started);
+                h1::write_error(head, &err, &tags);
+                let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
+                return match sent {
+                    Ok(Ok(())) => Ok(!plan.close),
+                    _ => Err(ClientGone),
+                };
+            }
+        };
+        let deadline = Instant::now() + settings.request_timeout;
+        let error = if response.status.is_success() {
+            None
+        } else {
+            let body = match response.framing {
+                Framing::Length(n) if n <= ARM_ERROR_BODY_LIMIT => {
+                    match upstream::fill(&mut upstream, n, deadline).await {
+                        Ok(()) => &upstream.buf[..n],
+                        Err(()) => &[][..],
+                    }
+                }
+                _ => &[][..],
+            };
+            Some(policy::arm_error_kind(response.status, body))
+        };
+        let answered = Answer::Arm {
+            status: response.status,
+            error,
+        };
+        h1::write_status_line(head, response.status);
+        head.extend_from_slice(kept);
+        h1::end_client_head(head, response.status, response.framing, &tags);
+        let mut sink = Sink::Client {
+            stream: client,
+            pending: head,
+            send_timeout: active.config.send_timeout,
+            wrote: false,
+        };
+        let relayed = relay(&mut upstream, response.framing, &mut sink, deadline).await;
+        let wrote = matches!(sink, Sink::Client { wrote: true, .. });
+        match relayed {
+            Relay::Done => {
+                policy::record_prediction(router, active, assigned, serving, answered, started);
+                release(upstream, &response, settings);
+                Ok(!plan.close && response.framing != Framing::UntilClose)
+            }
+            Relay::UpstreamFailed { relayed, reason } => {
+                let err = RouterError::Broken {
+                    arm: active.arms[serving.unwrap_or(assigned.arm)]
+                        .config
+                        .name
+                        .clone(),
+                    reason: reason.to_string(),
+                }
+                .to_api();
+                let answer = Answer::Router(err.kind);
+                policy::record_prediction(router, active, assigned, serving, answer, started);
+                if relayed || wrote {
+                    // Part of the answer is out: the only honest signal left is a close.
+                    return Ok(false);
+                }
+                head.clear();
+                h1::write_error(head, &err, &tags);
+                let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
+                match sent {
+                    Ok(Ok(())) => Ok(!plan.close),
+                    _ => Err(ClientGone),
+                }
+            }
+            Relay::ClientGone | Relay::TooLarge => {
+                policy::record_prediction(router, active, assigned, serving, answered, started);
+                Err(ClientGone)
+            }
+        }
+    }
+}
+
+/// The fast path's attempt: the buffered request rewritten for the arm and sent by
+/// the one client; the response head's kept headers collected for the client.
+struct FastAttempt<'a> {
+    active: &'a Active,
+    buf: &'a BytesMut,
+    plan: &'a Plan,
+    request_id: &'a [u8],
+    out: &'a mut Vec<u8>,
+    kept: &'a mut Vec<u8>,
+}
+
+impl policy::Attempt for FastAttempt<'_> {
+    type Output = (crate::pool::Upstream, h1::ResponseHead);
+
+    async fn attempt(&mut self, arm: usize) -> Result<Self::Output, RouterError> {
+        let (buf, plan) = (self.buf, self.plan);
+        let arm = &self.active.arms[arm].config;
+        self.out.clear();
+        h1::write_request_head(
+            self.out,
+            "POST",
+            &buf[plan.path.clone()],
+            arm.authority.as_str(),
+            plan.headers
+                .iter()
+                .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
+            self.request_id,
+            plan.body_len,
+        );
+        self.out
+            .extend_from_slice(&buf[plan.head_len..plan.head_len + plan.body_len]);
+        self.kept.clear();
+        let kept = &mut *self.kept;
+        let settings = &self.active.config.upstream;
+        upstream::exchange(arm, settings, self.out, |n, v| h1::push_header(kept, n, v)).await
+    }
+}
+
+/// Reads and drops the client's bytes until it closes or `within` passes.
+async fn linger(client: &mut TcpStream, within: Duration) {
+    let mut scratch = [0u8; 4096];
+    let _ = timeout(within, async {
+        loop {
+            match client.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// The socket-free work of one fast-path request, for benchmarks: inspects `request`,
+/// assigns its user, writes the request for the arm, then parses the arm's `response`
+/// head and writes the client's. Returns the arm and the two output sizes, or `None`
+/// when hyper would serve the request, its body is incomplete, or `response` is not a
+/// complete final head.
+pub fn rewrite_without_sockets(
+    active: &Active,
+    request: &[u8],
+    response: &[u8],
+) -> Option<(usize, usize, usize)> {
+    let Inspection::Fast(plan) = inspect(request, 32 * 1024, active.config.body_limit_bytes) else {
+        return None;
+    };
+    if request.len() < plan.head_len + plan.body_len {
+        return None;
+    }
+    let key = std::str::from_utf8(&request[plan.user.clone()]).ok();
+    let assigned = policy::assign_key(active, key);
+    let arm = &active.arms[assigned.arm];
+    let id = new_request_id();
+    let mut out = Vec::with_capacity(HEAD_READ);
+    h1::write_request_head(
+        &mut out,
+        "POST",
+        &request[plan.path.clone()],
+        arm.config.authority.as_str(),
+        plan.headers
+            .iter()
+            .map(|(n, v)| (&request[n.clone()], &request[v.clone()])),
+        id.as_bytes(),
+        plan.body_len,
+    );
+    out.extend_from_slice(&request[plan.head_len..plan.head_len + plan.body_len]);
+    let mut kept = Vec::with_capacity(512);
+    let h1::Parsed::Final(_, head) =
+        h1::parse_response(response, |n, v| h1::push_header(&mut kept, n, v)).ok()?
+    else {
+        return None;
+    };
+    let tags = policy::tags(
+        active,
+        Some(assigned.arm),
+        assigned.arm,
+        id.as_bytes(),
+        false,
+    );
+    let mut client = Vec::with_capacity(HEAD_READ);
+    h1::write_status_line(&mut client, head.status);
+    client.extend_from_slice(&kept);
+    h1::end_client_head(&mut client, head.status, head.framing, &tags);
+    Some((assigned.arm, out.len(), client.len()))
+}

@@ -1,0 +1,373 @@
+//! The forwarding policy, written once for every transport: which arm a request is
+//! assigned (key, override, anonymous), which arm serves it (failover), where a failed
+//! attempt is retried, which arm gets feedback, what is recorded for every answer,
+//! and which router headers it carries. The fast path ([`crate::fastpath`]) and the
+//! hyper routes ([`crate::service`]) only move bytes and call these.
+
+use abgate_common::{ApiError, ErrorKind, FeedbackType};
+use http::header::HeaderValue;
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+use std::time::Instant;
+
+use crate::assignment::{pick_among, position, unit_interval};
+use crate::error::RouterError;
+use crate::headers::{OVERRIDE_TOKEN, USER_ID, VARIANT};
+use crate::metrics::Source;
+use crate::state::{Active, Router};
+use crate::upstream::h1::Tags;
+
+/// Error bodies from arms are read up to this size to learn their `error_type`.
+pub const ARM_ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// An assignment: the arm and how it was chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct Assignment {
+    /// The assigned arm's index.
+    pub arm: usize,
+    /// How it was chosen.
+    pub source: Source,
+    /// The user's position in [0, 1), which failover reuses.
+    pub position: f64,
+}
+
+/// The sticky assignment of `key`, or a uniformly random one for an anonymous user.
+pub fn assign_key(active: &Active, key: Option<&str>) -> Assignment {
+    let (position, source) = match key {
+        Some(key) => (position(&active.config.salt, key), Source::Sticky),
+        None => (unit_interval(rand::random::<u64>()), Source::Anonymous),
+    };
+    Assignment {
+        arm: active.split.pick(position),
+        source,
+        position,
+    }
+}
+
+/// The assignment of a request: an `X-Variant` override when allowed, else the
+/// sticky key (`X-User-Id`, else the body's `user_id`), else anonymous.
+pub fn assign(active: &Active, headers: &HeaderMap, body: &[u8]) -> Result<Assignment, ApiError> {
+    if let Some(arm) = override_arm(active, headers)? {
+        return Ok(Assignment {
+            arm,
+            source: Source::Override,
+            position: 0.0,
+        });
+    }
+    Ok(assign_key(active, user_key(headers, body).as_deref()))
+}
+
+/// The sticky key: `X-User-Id`, else the body's `user_id` (string or number).
+pub fn user_key(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(v) = headers.get(USER_ID) {
+        if let Ok(s) = v.to_str() {
+            if !s.is_empty() {
+                return Some(s.to_string());
+            }
+        }
+    }
+    body_user_id(&serde_json::from_slice::<Value>(body).ok()?)
+}
+
+fn body_user_id(body: &Value) -> Option<String> {
+    match body.get("user_id")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let settings = &active.config.override_;
+    let Some(requested) = headers.get(VARIANT) else {
+        return Ok(None);
+    };
+    if !settings.enabled {
+        return Ok(None);
+    }
+    if let Some(token) = &settings.token {
+        let given = headers
+            .get(OVERRIDE_TOKEN)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !constant_time_eq(given, token.as_bytes()) {
+            return Err(ApiError::new(
+                ErrorKind::OverrideForbidden,
+                "X-Variant override requires a valid X-Override-Token",
+            ));
+        }
+    }
+    let name = requested.to_str().unwrap_or("");
+    active
+        .arm(name)
+        .map(|(i, _)| Some(i))
+        .ok_or_else(|| unknown_arm(active, name))
+}
+
+fn unknown_arm(active: &Active, name: &str) -> ApiError {
+    let known: Vec<&str> = active.arms.iter().map(|a| a.config.name.as_str()).collect();
+    let shown: String = name.chars().take(64).collect();
+    ApiError::new(
+        ErrorKind::UnknownVariant,
+        format!("unknown arm {shown:?}; arms are {}", known.join(", ")),
+    )
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The arm that will serve: the assigned one if up, else (with failover) a healthy
+/// arm chosen by the same position, so failover is sticky too.
+pub fn serving_arm(active: &Active, assigned: &Assignment) -> Result<usize, RouterError> {
+    let arm = &active.arms[assigned.arm];
+    if arm.health.is_up() || assigned.source == Source::Override {
+        return Ok(assigned.arm);
+    }
+    if !active.config.failover {
+        return Err(RouterError::NoHealthyArm(format!(
+            "arm `{}` is down and failover is off",
+            arm.config.name
+        )));
+    }
+    pick_among(&active.weights, &active.healthy(), assigned.position)
+        .ok_or_else(|| RouterError::NoHealthyArm("no arm is healthy".into()))
+}
+
+/// Where a failed `/predict` attempt on `serving` is tried again, if anywhere.
+/// /predict is idempotent: a refused or broken connection gets one retry, on another
+/// healthy arm when failover allows, else (broken only) on the same arm over a fresh
+/// connection. A refused connection also marks the arm down at once.
+fn retry_arm(
+    active: &Active,
+    serving: usize,
+    assigned: &Assignment,
+    error: &RouterError,
+) -> Option<usize> {
+    let refused = match error {
+        RouterError::Connect { .. } => true,
+        RouterError::Broken { .. } => false,
+        _ => return None,
+    };
+    if refused {
+        active.arms[serving].health.mark_down(error.to_string());
+    }
+    match fallback_arm(active, serving, assigned.position) {
+        Some(other) if assigned.source != Source::Override => Some(other),
+        _ if !refused => Some(serving),
+        _ => None,
+    }
+}
+
+fn fallback_arm(active: &Active, failed: usize, position: f64) -> Option<usize> {
+    if !active.config.failover {
+        return None;
+    }
+    let mut eligible = active.healthy();
+    eligible[failed] = false;
+    pick_among(&active.weights, &eligible, position)
+}
+
+/// What forwarding a prediction came to.
+pub struct Forwarded<T> {
+    /// The arm that served (or failed last); `None` when no arm could be tried.
+    pub serving: Option<usize>,
+    /// The transport's answer, or why there is none.
+    pub result: Result<T, RouterError>,
+}
+
+/// One transport's way of sending a prediction to an arm.
+pub trait Attempt {
+    /// What a successful attempt yields.
+    type Output;
+    /// Sends the request to the arm at index `arm`.
+    fn attempt(
+        &mut self,
+        arm: usize,
+    ) -> impl std::future::Future<Output = Result<Self::Output, RouterError>> + Send;
+}
+
+/// Forwards a prediction by the policy: counts the assignment, picks the serving arm
+/// (failover), runs the transport's attempt on it, and retries once where
+/// [`retry_arm`] says. A success served by another arm than the assigned one counts a
+/// failover.
+pub async fn forward_with_retry<A: Attempt>(
+    active: &Active,
+    assigned: &Assignment,
+    transport: &mut A,
+) -> Forwarded<A::Output> {
+    active.arms[assigned.arm].series.assigned(assigned.source);
+    let mut serving = match serving_arm(active, assigned) {
+        Ok(s) => s,
+        Err(e) => {
+            return Forwarded {
+                serving: None,
+                result: Err(e),
+            }
+        }
+    };
+    let mut retried = false;
+    let result = loop {
+        match transport.attempt(serving).await {
+            Err(e) if !retried => match retry_arm(active, serving, assigned, &e) {
+                Some(next) => {
+                    retried = true;
+                    serving = next;
+                }
+                None => break Err(e),
+            },
+            other => break other,
+        }
+    };
+    if serving != assigned.arm && result.is_ok() {
+        active.arms[assigned.arm].series.failovers.inc();
+    }
+    Forwarded {
+        serving: Some(serving),
+        result,
+    }
+}
+
+/// The router's headers for an answer: the serving arm, the assigned one when they
+/// differ, the request id.
+pub fn tags<'a>(
+    active: &'a Active,
+    serving: Option<usize>,
+    assigned: usize,
+    request_id: &'a [u8],
+    close: bool,
+) -> Tags<'a> {
+    Tags {
+        variant: serving.map(|s| active.arms[s].header.as_bytes()),
+        assigned: (serving != Some(assigned)).then(|| active.arms[assigned].header.as_bytes()),
+        request_id,
+        close,
+    }
+}
+
+/// How a prediction was answered, for [`record_prediction`].
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// The arm answered with this status; `error` is its closed-set kind if not 2xx.
+    Arm {
+        /// The arm's status.
+        status: StatusCode,
+        /// The kind of an error answer.
+        error: Option<ErrorKind>,
+    },
+    /// The router answered with an error of its own (no arm, timeout, broken).
+    Router(ErrorKind),
+}
+
+/// Records one prediction as the client sees it, on the arm that served (or the
+/// assigned arm when none could): the count, the error kind, the latency.
+pub fn record_prediction(
+    _router: &Router,
+    active: &Active,
+    assigned: &Assignment,
+    serving: Option<usize>,
+    answer: Answer,
+    started: Instant,
+) {
+    let series = &active.arms[serving.unwrap_or(assigned.arm)].series.common;
+    series.predictions.inc();
+    match answer {
+        Answer::Arm {
+            error: Some(kind), ..
+        }
+        | Answer::Router(kind) => series.error(kind),
+        Answer::Arm { error: None, .. } => {}
+    }
+    series.duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Records an error that happened before any arm was chosen (bad request, overload).
+pub fn record_unassigned(router: &Router, kind: ErrorKind) {
+    router.metrics.unassigned.error(kind);
+}
+
+/// Records one feedback request forwarded to `target`, as the arm answered it
+/// (`body` is the client's feedback, `reply` the arm's answer).
+pub fn record_feedback(
+    _router: &Router,
+    active: &Active,
+    target: usize,
+    answer: Answer,
+    body: Option<&Value>,
+    _reply: Option<&Value>,
+) {
+    let series = &active.arms[target].series.common;
+    match answer {
+        Answer::Arm { error: None, .. } => {
+            if let Some(kind) = body
+                .and_then(|v| v.get("feedback_type"))
+                .and_then(Value::as_str)
+                .and_then(FeedbackType::parse)
+            {
+                series.feedback(kind);
+            }
+        }
+        Answer::Arm {
+            error: Some(kind), ..
+        }
+        | Answer::Router(kind) => series.error(kind),
+    }
+}
+
+/// The closed-set kind of an arm's error response: its body's `error.type` when it is
+/// one of ours, else a kind by status class.
+pub fn arm_error_kind(status: StatusCode, body: &[u8]) -> ErrorKind {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/type")
+                .and_then(Value::as_str)
+                .and_then(ErrorKind::parse)
+        })
+        .unwrap_or(if status.is_client_error() {
+            ErrorKind::InvalidInput
+        } else {
+            ErrorKind::UpstreamError
+        })
+}
+
+/// Feedback goes to the arm that served the prediction: an explicit `variant` field or
+/// `X-Variant` header, else the arm encoded in `prediction_id`, else the sticky
+/// assignment.
+pub fn feedback_target(
+    active: &Active,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Result<usize, ApiError> {
+    let explicit = body
+        .and_then(|b| b.get("variant"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get(VARIANT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+    if let Some(name) = explicit {
+        return active
+            .arm(&name)
+            .map(|(i, _)| i)
+            .ok_or_else(|| unknown_arm(active, &name));
+    }
+    if let Some(owner) = body
+        .and_then(|b| b.get("prediction_id"))
+        .and_then(Value::as_str)
+        .and_then(abgate_common::feedback::prediction_owner)
+        .and_then(|owner| active.arm(owner))
+    {
+        return Ok(owner.0);
+    }
+    let key = headers
+        .get(USER_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| body.and_then(body_user_id));
+    Ok(assign_key(active, key.as_deref()).arm)
+}

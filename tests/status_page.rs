@@ -1,0 +1,865 @@
+//! The router's status page (`GET /`) in a real headless Chromium, driven over the
+//! DevTools protocol on `--remote-debugging-pipe` (two FIFOs, NUL-separated JSON; no
+//! websocket client, no new dependency). A live stack (two model-server processes, the
+//! router in-process) serves traffic through both arms with feedback; the tests read
+//! the rendered DOM, take screenshots at 1280×800 and 390×844 under `target/`, and
+//! check the browser console and every request the page made. They fail, not skip,
+//! when Debian's `chromium` is missing.
+
+mod support;
+
+use abgate_common::client::HttpClient;
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::sync::mpsc;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The page's poll interval.
+const POLL: Duration = Duration::from_secs(2);
+/// One browser at a time: the machine has two cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A headless Chromium with one page, attached over the DevTools pipe.
+struct Browser {
+    child: Child,
+    to: File,
+    from: mpsc::UnboundedReceiver<Value>,
+    next_id: u64,
+    session: Option<String>,
+    events: Vec<Value>,
+    dir: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch(width: u32, height: u32) -> Browser {
+        assert!(
+            Path::new(CHROMIUM).exists(),
+            "{CHROMIUM} is missing: install Debian's chromium (`apt-get install -y chromium`; \
+             .ci/run does). A skipped browser check is not a passed one."
+        );
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (pipe_in, pipe_out) = (dir.path().join("cdp-in"), dir.path().join("cdp-out"));
+        let made = Command::new("mkfifo")
+            .arg(&pipe_in)
+            .arg(&pipe_out)
+            .status()
+            .unwrap_or_else(|e| panic!("mkfifo: {e}"));
+        assert!(made.success(), "mkfifo failed");
+        let log = File::create(dir.path().join("chromium.log")).unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<"$CDP_IN" 4>"$CDP_OUT""#)
+            .arg(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--mute-audio",
+                "--hide-scrollbars",
+                "--remote-debugging-pipe",
+                "--enable-logging=stderr",
+                "--v=0",
+                // Nothing but loopback resolves: the page must work offline. Requests to
+                // other hosts would still show in the DevTools log and the netlog.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ])
+            .arg(format!("--window-size={width},{height}"))
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.path().join("profile").display()
+            ))
+            .arg(format!(
+                "--log-net-log={}",
+                dir.path().join("netlog.json").display()
+            ))
+            .arg("about:blank")
+            .env("CDP_IN", &pipe_in)
+            .env("CDP_OUT", &pipe_out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh: {e}"));
+        // Open the FIFOs in the order the shell does (its fd 3, then fd 4), off the
+        // runtime and with a deadline, since opening a FIFO waits for the other end.
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let to = std::fs::OpenOptions::new().write(true).open(&pipe_in);
+            let from = File::open(&pipe_out);
+            let _ = opened_tx.send((to, from));
+        });
+        let (to, from) = opened_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("chromium did not open the DevTools pipe: {e}"));
+        let (to, from) = (
+            to.unwrap_or_else(|e| panic!("{e}")),
+            from.unwrap_or_else(|e| panic!("{e}")),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(from);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(0, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if buf.last() == Some(&0) {
+                    buf.pop();
+                }
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut browser = Browser {
+            child,
+            to,
+            from: rx,
+            next_id: 0,
+            session: None,
+            events: Vec::new(),
+            dir,
+        };
+        let target = browser
+            .browser_call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = browser
+            .browser_call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        browser.session = attached["sessionId"].as_str().map(str::to_string);
+        assert!(browser.session.is_some(), "no DevTools session: {attached}");
+        for domain in [
+            "Runtime.enable",
+            "Log.enable",
+            "Network.enable",
+            "Page.enable",
+        ] {
+            browser.call(domain, json!({})).await;
+        }
+        browser.viewport(width, height).await;
+        browser
+    }
+
+    fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    async fn send(&mut self, method: &str, params: Value, session: bool) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let (true, Some(s)) = (session, &self.session) {
+            msg["sessionId"] = json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap_or_else(|e| panic!("{e}"));
+        bytes.push(0);
+        if let Err(e) = self.to.write_all(&bytes) {
+            panic!("{method}: writing to chromium: {e}\n{}", self.log_tail());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = match tokio::time::timeout(left, self.from.recv()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => panic!(
+                    "chromium closed the pipe during {method}\n{}",
+                    self.log_tail()
+                ),
+                Err(_) => panic!("{method}: no answer within 30 s\n{}", self.log_tail()),
+            };
+            if msg["id"] == id {
+                if let Some(err) = msg.get("error") {
+                    panic!("{method}: {err}");
+                }
+                return msg["result"].clone();
+            }
+            self.events.push(msg);
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.send(method, params, true).await
+    }
+
+    async fn browser_call(&mut self, method: &str, params: Value) -> Value {
+        self.send(method, params, false).await
+    }
+
+    async fn viewport(&mut self, width: u32, height: u32) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        )
+        .await;
+    }
+
+    async fn goto(&mut self, url: &str) {
+        let r = self.call("Page.navigate", json!({"url": url})).await;
+        assert!(r.get("errorText").is_none(), "navigating to {url}: {r}");
+    }
+
+    /// Evaluates `expression` in the page; its JSON value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("evaluating {expression}: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluates `expression` until it is truthy; its value.
+    async fn wait_for(&mut self, what: &str, within: Duration, expression: &str) -> Value {
+        let deadline = Instant::now() + within;
+        // Before the page has loaded, `document.body` may not exist yet: not yet true.
+        let guarded = format!(
+            "(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
+        );
+        loop {
+            let v = self.eval(&guarded).await;
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
+            if truthy {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let text = self.eval("document.body.innerText").await;
+                panic!(
+                    "{what}: not within {within:?}; the page says:\n{}",
+                    text.as_str().unwrap_or("")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Completed polls (`data-polls` on `<body>`).
+    async fn polls(&mut self) -> u64 {
+        self.eval("Number(document.body.dataset.polls)")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the page has finished `n` more polls than now.
+    async fn next_polls(&mut self, n: u64) {
+        let target = self.polls().await + n;
+        self.wait_for(
+            "the next polls",
+            POLL * (n as u32 + 2),
+            &format!("Number(document.body.dataset.polls) >= {target}"),
+        )
+        .await;
+    }
+
+    /// A PNG of the viewport (or of the whole page) written to `path`.
+    async fn screenshot(&mut self, path: &Path, full_page: bool) {
+        let mut params = json!({"format": "png"});
+        if full_page {
+            let m = self.call("Page.getLayoutMetrics", json!({})).await;
+            let size = &m["cssContentSize"];
+            params["captureBeyondViewport"] = json!(true);
+            params["clip"] = json!({"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1});
+        }
+        let r = self.call("Page.captureScreenshot", params).await;
+        let png = base64_decode(r["data"].as_str().unwrap_or(""));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        std::fs::write(path, &png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        println!("screenshot: {} ({} bytes)", path.display(), png.len());
+    }
+
+    /// Console errors and warnings, uncaught exceptions and error log entries, except
+    /// the expected `404` of an optional API this router does not have yet; and how
+    /// many of those expected ones there were.
+    fn console_problems(&self) -> (Vec<String>, usize) {
+        let (mut problems, mut expected) = (Vec::new(), 0);
+        for e in &self.events {
+            let p = &e["params"];
+            match e["method"].as_str() {
+                Some("Runtime.exceptionThrown") => {
+                    problems.push(format!("uncaught: {}", p["exceptionDetails"]));
+                }
+                Some("Runtime.consoleAPICalled") => {
+                    let kind = p["type"].as_str().unwrap_or("");
+                    if matches!(kind, "error" | "assert" | "warning") {
+                        problems.push(format!("console.{kind}: {}", p["args"]));
+                    }
+                }
+                Some("Log.entryAdded") => {
+                    let entry = &p["entry"];
+                    let level = entry["level"].as_str().unwrap_or("");
+                    if !matches!(level, "error" | "warning") {
+                        continue;
+                    }
+                    let url = entry["url"].as_str().unwrap_or("");
+                    let optional_404 = entry["source"] == "network"
+                        && (url.ends_with("/api/experiment") || url.ends_with("/api/shadows"))
+                        && entry["text"].as_str().unwrap_or("").contains("404");
+                    if optional_404 {
+                        expected += 1;
+                    } else {
+                        problems.push(format!("log {level}: {entry}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (problems, expected)
+    }
+
+    /// Every URL the page requested.
+    fn requested_urls(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["method"] == "Network.requestWillBeSent")
+            .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Closes the browser and returns every URL request in its netlog as `(url,
+    /// network isolation key)`. The key tells the page's requests (keyed by the site of
+    /// the page, whatever host they go to) from Chromium's own background services
+    /// (keyed `null null` or by a Google site).
+    async fn close(mut self) -> Vec<(String, String)> {
+        let _ = self.browser_call("Browser.close", json!({})).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(self.dir.path().join("netlog.json")).unwrap_or_default();
+        let _ = std::fs::write(target_dir().join("status-page-netlog.json"), &text);
+        // A netlog cut short lacks its closing brackets.
+        let log: Value = serde_json::from_str(&text)
+            .or_else(|_| {
+                serde_json::from_str(&format!("{}]}}", text.trim_end().trim_end_matches(',')))
+            })
+            .unwrap_or_else(|e| panic!("chromium's netlog does not parse: {e}"));
+        let url_request = &log["constants"]["logSourceType"]["URL_REQUEST"];
+        let mut requests: Vec<(u64, String, String)> = Vec::new();
+        for event in log["events"].as_array().into_iter().flatten() {
+            if &event["source"]["type"] != url_request {
+                continue;
+            }
+            let id = event["source"]["id"].as_u64().unwrap_or(u64::MAX);
+            let params = &event["params"];
+            let url = params["url"].as_str().unwrap_or("").to_string();
+            let key = params["network_isolation_key"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            match requests.iter_mut().find(|r| r.0 == id) {
+                None => requests.push((id, url, key)),
+                Some(r) => {
+                    if r.1.is_empty() {
+                        r.1 = url;
+                    }
+                    if r.2.is_empty() {
+                        r.2 = key;
+                    }
+                }
+            }
+        }
+        requests
+            .into_iter()
+            .map(|(_, url, key)| (url, key))
+            .collect()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Where screenshots go: `$CARGO_TARGET_DIR` or the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+async fn stack() -> (ArmProcess, ArmProcess, RouterHandle) {
+    let (best, candidate) = tokio::join!(
+        ArmProcess::start("best_model"),
+        ArmProcess::start("candidate_model")
+    );
+    let router = RouterHandle::start(&router_toml(
+        &[
+            ("best_model", &best.url, 0.7),
+            ("candidate_model", &candidate.url, 0.3),
+        ],
+        "",
+        "",
+    ))
+    .await;
+    (best, candidate, router)
+}
+
+/// Predictions for `users`, and for every other one a feedback of each type in turn
+/// (with ground truth where the type allows it).
+async fn traffic(router: &RouterHandle, c: &HttpClient, users: std::ops::Range<u32>) {
+    for i in users {
+        let r = router.predict(c, &format!("user-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if i % 2 == 1 {
+            continue;
+        }
+        let id = r.json()["prediction_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let body = match i % 8 {
+            0 => json!({"prediction_id": id, "feedback_type": "rating", "rating": 4}),
+            2 => json!({"prediction_id": id, "feedback_type": "accurate", "actual": 5.0}),
+            4 => json!({"prediction_id": id, "feedback_type": "too_high", "actual": 4.0}),
+            _ => json!({"prediction_id": id, "feedback_type": "too_low", "actual": 6.0}),
+        };
+        let f = c
+            .post_json(&format!("{}/feedback", router.url), &[], body.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.status, 200, "{}", f.text());
+    }
+}
+
+/// `(variant, predictions, feedback_total)` per arm from `/api/metrics`.
+async fn api_counts(router: &RouterHandle, c: &HttpClient) -> Vec<(String, u64, u64)> {
+    let m = router.get_json(c, "/api/metrics").await;
+    m["arms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no arms in /api/metrics: {m}"))
+        .iter()
+        .map(|a| {
+            (
+                a["variant"].as_str().unwrap_or("").to_string(),
+                a["predictions"].as_u64().unwrap_or(0),
+                a["feedback_total"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The same figures as the page shows them (`data-*` attributes on the arm cards).
+const DOM_COUNTS: &str = r#"[...document.querySelectorAll('#arms [data-arm]')].map(c => [
+  c.dataset.arm,
+  Number(c.querySelector('[data-predictions]').dataset.predictions),
+  Number(c.querySelector('[data-feedback]').dataset.feedback),
+  c.dataset.status,
+  c.querySelector('[data-rps]').dataset.rps])"#;
+
+fn dom_counts(v: &Value) -> Vec<(String, u64, u64, String, Option<f64>)> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("no arm cards: {v}"))
+        .iter()
+        .map(|c| {
+            (
+                c[0].as_str().unwrap_or("").to_string(),
+                c[1].as_u64().unwrap_or(u64::MAX),
+                c[2].as_u64().unwrap_or(u64::MAX),
+                c[3].as_str().unwrap_or("").to_string(),
+                c[4].as_str().and_then(|s| s.parse().ok()),
+            )
+        })
+        .collect()
+}
+
+fn assert_only_the_router(urls: &[String], router: &str, what: &str) {
+    let others: Vec<&String> = urls
+        .iter()
+        .filter(|u| {
+            !(u.starts_with(&format!("{router}/"))
+                || *u == router
+                || u.starts_with("data:")
+                || *u == "about:blank")
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{what}: requests to other hosts: {others:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Debian's chromium (installed by .ci/run)"]
+async fn the_status_page_shows_both_arms_live_in_a_real_browser() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_best, _candidate, router) = stack().await;
+    let c = client();
+    traffic(&router, &c, 0..300).await;
+
+    // The page as served: static, strict headers, nothing from elsewhere.
+    let page = c
+        .get(&format!("{}/", router.url))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text();
+    println!("status page: {} bytes uncompressed", html.len());
+    assert!(html.len() < 60 * 1024);
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names a URL"
+    );
+
+    let mut b = Browser::launch(1280, 800).await;
+    b.goto(&format!("{}/", router.url)).await;
+    b.wait_for(
+        "two polls with both arm cards",
+        Duration::from_secs(10),
+        "Number(document.body.dataset.polls) >= 2 && document.querySelectorAll('#arms [data-arm]').length === 2",
+    )
+    .await;
+
+    // Formatting and quantile logic (it lives in the page's JS).
+    let f = b
+        .eval(
+            "(() => { const F = window.abgateFormat; return [F.dur(0.00123), F.dur(0.0000456), F.dur(2.5), F.pct(0.5), \
+             F.pct(0.004), F.signed(-0.0123, 'pp'), F.signed(0.002, 's'), F.int(12345), \
+             Math.round(F.quantile(0.5, [[0.001, 0], [0.002, 10], [Infinity, 10]]) * 1e6), F.quantile(0.5, [[0.001, 0], [Infinity, 0]]), \
+             F.parseBuckets('prediction_duration_seconds_bucket{variant=\"a\",le=\"0.1\"} 3\\nprediction_duration_seconds_bucket{variant=\"a\",le=\"+Inf\"} 4\\n').a[1][1]]; })()",
+        )
+        .await;
+    assert_eq!(
+        f,
+        json!([
+            "1.23 ms",
+            "45.6 µs",
+            "2.5 s",
+            "50.0%",
+            "0.40%",
+            "−1.23 pp",
+            "+2 ms",
+            "12,345",
+            1500,
+            null,
+            4
+        ]),
+        "page formatting"
+    );
+
+    // While traffic flows, the counts shown are within one poll of /api/metrics: at
+    // least what the API said before the page's latest poll, at most what it says now.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (stop, url, c) = (std::sync::Arc::clone(&stop), router.url.clone(), client());
+        tokio::spawn(async move {
+            let mut i = 10_000u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c
+                    .post_json(
+                        &format!("{url}/predict"),
+                        &[("x-user-id", &format!("user-{i}"))],
+                        predict_body(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(r.status, 200);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    tokio::time::sleep(POLL).await;
+    let before = api_counts(&router, &c).await;
+    tokio::time::sleep(POLL + Duration::from_millis(700)).await;
+    let shown = dom_counts(&b.eval(DOM_COUNTS).await);
+    let after = api_counts(&router, &c).await;
+    println!("api before {before:?}\npage {shown:?}\napi after {after:?}");
+    assert_eq!(shown.len(), 2);
+    for ((name, n, _, status, rps), (bn, lo, _)) in shown.iter().zip(&before) {
+        let (_, hi, _) = after
+            .iter()
+            .find(|a| &a.0 == name)
+            .unwrap_or_else(|| panic!("{name} not in /api/metrics"));
+        assert_eq!(name, bn, "arm order is the config's");
+        assert!(
+            lo <= n && n <= hi,
+            "{name}: page shows {n}, /api/metrics said {lo} then {hi}"
+        );
+        assert_eq!(status, "up", "{name}");
+        assert!(
+            rps.is_some_and(|r| r > 0.0),
+            "{name}: req/s {rps:?} while traffic flows"
+        );
+    }
+    assert!(after[0].1 > before[0].1, "the background traffic flowed");
+
+    // Traffic stopped: after two more polls the page matches /api/metrics exactly.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    background.await.unwrap_or_else(|e| panic!("{e}"));
+    let settled = api_counts(&router, &c).await;
+    b.next_polls(2).await;
+    let shown = dom_counts(&b.eval(DOM_COUNTS).await);
+    for ((name, n, fb, ..), (an, at, afb)) in shown.iter().zip(&settled) {
+        assert_eq!((name, n, fb), (an, at, afb), "page vs /api/metrics");
+        assert!(
+            *n > 0 && *fb > 0,
+            "{name}: traffic and feedback reached both arms"
+        );
+    }
+
+    // The rest of the page: honest about what this router does not have yet.
+    let exp_status = c
+        .get(&format!("{}/api/experiment", router.url))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status;
+    let sections = b
+        .eval(
+            "({fresh: document.body.dataset.fresh, \
+               overall: document.querySelector('[data-overall]')?.dataset.overall, \
+               version: document.querySelector('[data-config-version]')?.dataset.configVersion, \
+               caption: document.querySelector('#cmp table caption')?.textContent, \
+               colHeads: document.querySelectorAll('#cmp th[scope=col]').length, \
+               expUnavailable: document.querySelectorAll('[data-unavailable=experiment]').length, \
+               comparisons: document.querySelectorAll('#cmp tr[data-metric]').length, \
+               srm: document.getElementById('srm').dataset.srm, \
+               shadows: document.getElementById('shadows').innerText, \
+               chart: document.querySelectorAll('#c-rps svg path[d^=M], #c-p95 svg path[d^=M]').length, \
+               text: document.body.innerText})",
+        )
+        .await;
+    let config = router.get_json(&c, "/api/config").await;
+    assert_eq!(sections["fresh"], "live");
+    assert_eq!(sections["overall"], "healthy");
+    assert_eq!(sections["version"], config["version"].to_string());
+    assert!(sections["caption"]
+        .as_str()
+        .unwrap_or("")
+        .contains("control"));
+    assert_eq!(sections["colHeads"], 6);
+    assert!(
+        sections["chart"].as_u64().unwrap_or(0) >= 2,
+        "a line per arm in the charts: {sections}"
+    );
+    if exp_status == 404 {
+        assert!(
+            sections["expUnavailable"].as_u64().unwrap_or(0) >= 3,
+            "{sections}"
+        );
+        assert_eq!(sections["srm"], "unavailable");
+        assert!(sections["shadows"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not available on this router yet"));
+    } else {
+        assert_eq!(exp_status, 200);
+        assert_eq!(sections["expUnavailable"], 0, "{sections}");
+        assert!(
+            sections["comparisons"].as_u64().unwrap_or(0) > 0,
+            "{sections}"
+        );
+        assert_ne!(sections["srm"], "unavailable");
+    }
+    for needle in [
+        "best_model",
+        "candidate_model",
+        "▲ UP",
+        "control",
+        "Req/s",
+        "p50 / p95",
+        "Feedback",
+        "MAE",
+    ] {
+        assert!(
+            sections["text"].as_str().unwrap_or("").contains(needle),
+            "page lacks {needle:?}"
+        );
+    }
+
+    // Screenshots, and no sideways scrolling at either size.
+    let out = target_dir();
+    for (w, h) in [(1280u32, 800u32), (390, 844)] {
+        b.viewport(w, h).await;
+        b.next_polls(1).await;
+        let overflow = b
+            .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            .await;
+        assert_eq!(overflow, json!(0), "horizontal scrolling at {w}×{h}");
+        b.screenshot(&out.join(format!("status-page-{w}x{h}.png")), false)
+            .await;
+        b.screenshot(&out.join(format!("status-page-{w}x{h}-full.png")), true)
+            .await;
+    }
+
+    let (problems, expected_404) = b.console_problems();
+    assert!(problems.is_empty(), "browser console: {problems:#?}");
+    println!("console: clean ({expected_404} expected 404s of optional APIs)");
+    let urls = b.requested_urls();
+    assert!(urls.iter().any(|u| u.ends_with("/api/metrics")));
+    assert_only_the_router(&urls, &router.url, "DevTools network log");
+    let netlog = b.close().await;
+    let page_site = "http://127.0.0.1 http://127.0.0.1";
+    let (by_page, by_browser): (Vec<_>, Vec<_>) =
+        netlog.into_iter().partition(|(_, key)| key == page_site);
+    let by_page: Vec<String> = by_page.into_iter().map(|(url, _)| url).collect();
+    assert!(
+        by_page.iter().any(|u| u.ends_with("/api/health")),
+        "the netlog has the page's polls"
+    );
+    assert_only_the_router(
+        &by_page,
+        &router.url,
+        "netlog, requests keyed by the page's site",
+    );
+    println!(
+        "netlog: {} requests by the page, all to {}; {} by Chromium's own services (blocked by --host-resolver-rules): {:?}",
+        by_page.len(),
+        router.url,
+        by_browser.len(),
+        by_browser.iter().map(|(u, _)| u.split('?').next().unwrap_or("")).collect::<std::collections::BTreeSet<_>>()
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Debian's chromium (installed by .ci/run)"]
+async fn the_status_page_shows_a_killed_arm_down_and_a_dead_router_stale() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_best, mut candidate, router) = stack().await;
+    let c = client();
+    traffic(&router, &c, 0..40).await;
+    let mut b = Browser::launch(1280, 800).await;
+    b.goto(&format!("{}/", router.url)).await;
+    b.wait_for(
+        "the candidate shown up",
+        Duration::from_secs(10),
+        "document.querySelector('[data-arm=candidate_model]')?.dataset.status === 'up'",
+    )
+    .await;
+
+    let before_kill = b.polls().await;
+    candidate.kill();
+    b.wait_for(
+        "the candidate shown down",
+        POLL * 3,
+        "document.querySelector('[data-arm=candidate_model]')?.dataset.status === 'down'",
+    )
+    .await;
+    let card = b
+        .eval(
+            "(() => { const c = document.querySelector('[data-arm=candidate_model]'); \
+               return {since: Number(c.dataset.statusSincePoll), text: c.innerText, \
+                       best: document.querySelector('[data-arm=best_model]').dataset.status, \
+                       overall: document.querySelector('[data-overall]').dataset.overall}; })()",
+        )
+        .await;
+    let since = card["since"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        since <= before_kill + 2,
+        "shown down at poll {since}, killed after poll {before_kill}"
+    );
+    assert!(
+        card["text"].as_str().unwrap_or("").contains("DOWN"),
+        "{card}"
+    );
+    assert_eq!(card["best"], "up");
+    assert_eq!(card["overall"], "degraded");
+    let out = target_dir().join("status-page-arm-down-1280x800.png");
+    b.screenshot(&out, false).await;
+
+    // The router goes away: the page says its figures are stale, within two polls.
+    let url = router.url.clone();
+    router.stop().await;
+    let before_stop = b.polls().await;
+    b.wait_for(
+        "the page marked stale",
+        POLL * 3,
+        "document.body.dataset.fresh === 'stale'",
+    )
+    .await;
+    let polls = b.polls().await;
+    assert!(
+        polls <= before_stop + 2,
+        "stale at poll {polls}, router stopped after poll {before_stop}"
+    );
+    let banner = b.eval("document.getElementById('banner').innerText").await;
+    let banner = banner.as_str().unwrap_or("");
+    assert!(
+        banner.contains("STALE") && banner.contains("old"),
+        "{banner}"
+    );
+    tokio::time::sleep(POLL).await;
+    let age = b.eval("Number(document.body.dataset.ageS)").await;
+    assert!(
+        age.as_u64().unwrap_or(0) >= 2,
+        "the age of the figures grows: {age}"
+    );
+    b.screenshot(&target_dir().join("status-page-stale-1280x800.png"), false)
+        .await;
+
+    let (problems, _) = b.console_problems();
+    // Refused connections to the stopped router are what "stale" is about.
+    let problems: Vec<&String> = problems
+        .iter()
+        .filter(|p| !(p.contains("ERR_CONNECTION_REFUSED") && p.contains(&url)))
+        .collect();
+    assert!(problems.is_empty(), "browser console: {problems:#?}");
+    assert_only_the_router(&b.requested_urls(), &url, "DevTools network log");
+    let _ = b.close().await;
+}
