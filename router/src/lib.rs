@@ -7,13 +7,16 @@
 //!   intervals, failover re-split).
 //! * [`config`] — `config/router.toml` + `ABGATE_ROUTER_*`, validated with key paths.
 //! * [`state`] — the active config (swapped atomically) and what outlives reloads.
-//! * [`upstream`] — the pooled keep-alive client and the forwarded request.
-//! * [`health`] — active and passive arm health.
+//! * [`policy`] — the one forwarding policy every transport calls: assignment,
+//!   override, failover, retry, feedback routing, what is recorded, router headers.
+//! * [`headers`] — header names, request ids, the one hop-by-hop list.
+//! * [`upstream`] — the one HTTP/1.1 client toward arms: strict response framing
+//!   ([`upstream::h1`]), body relay ([`upstream::relay`]).
+//! * [`pool`] — idle arm connections per worker thread, checked on every checkout.
+//! * [`health`] — arm health state; [`checker`] — the active checks.
 //! * [`reload`] — live reload on file change and SIGHUP.
-//! * [`service`] — the routes.
-//! * [`fastpath`] — the common `/predict` forwarded without hyper; everything else
-//!   goes to [`service`].
-//! * [`pool`] — the fast path's idle arm connections, per worker thread.
+//! * [`fastpath`] — the transport for the common `/predict` (no hyper);
+//!   [`service`] — the route table and the hyper transport; [`views`] — JSON views.
 //! * [`metrics`] — the router's metric families.
 //! * [`check`] — `abgate check`: validate a file and show who would move.
 //! * [`error`] — the error enum and its one mapping to HTTP.
@@ -23,16 +26,20 @@
 
 pub mod assignment;
 pub mod check;
+pub mod checker;
 pub mod config;
 pub mod error;
 pub mod fastpath;
+pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod policy;
 pub mod pool;
 pub mod reload;
 pub mod service;
 pub mod state;
 pub mod upstream;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,9 +65,9 @@ pub async fn run(
 
 /// Serves an already-built [`Router`] (tests use this to reach its state).
 pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    health::check_all(&router).await;
+    checker::check_all(&router).await;
     let tasks = [
-        tokio::spawn(health::run_checks(Arc::clone(&router))),
+        tokio::spawn(checker::run_checks(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),
     ];
@@ -73,6 +80,8 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     let options = abgate_common::http::ServeOptions {
         header_read_timeout: active.config.header_timeout,
         shutdown_grace: active.config.shutdown_grace,
+        send_timeout: active.config.send_timeout,
+        linger: active.config.linger,
         ..Default::default()
     };
     drop(active);
