@@ -38,6 +38,7 @@ pub mod pool;
 pub mod reload;
 pub mod service;
 pub mod state;
+pub mod status_page;
 pub mod upstream;
 pub mod views;
 
