@@ -378,6 +378,9 @@ pub struct ArmDetail {
     pub summary: ArmSummary,
     /// Model version served.
     pub model_version: String,
+    /// Open Inference Protocol infer requests (`predictions_total{endpoint="infer"}`;
+    /// `predictions` counts `/predict`).
+    pub infer_requests: u64,
     /// Rows predicted (batches count each row).
     pub rows_predicted: u64,
     /// Mean of the ratings received, if any.
@@ -396,6 +399,7 @@ fn summary(state: &State) -> ModelServerSummary {
         arms: vec![ArmDetail {
             summary: state.arm.summary(),
             model_version: state.model.spec().version.clone(),
+            infer_requests: state.infer_requests.get(),
             rows_predicted: state.rows.get(),
             mean_rating: mean(&state.rating),
             mean_absolute_error: mean(&state.abs_error),

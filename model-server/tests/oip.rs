@@ -818,6 +818,9 @@ async fn infer_requests_count_under_endpoint_infer_and_their_ids_take_feedback()
             _ => None,
         });
     assert_eq!(observed, Some(4.0), "every infer request is timed");
+    let summary = server.get("/api/metrics").await.json();
+    assert_eq!(summary["arms"][0]["infer_requests"], 4, "{summary}");
+    assert_eq!(summary["arms"][0]["predictions"], 0, "{summary}");
     let id = v["parameters"]["prediction_ids"][2]
         .as_str()
         .unwrap_or_default()
