@@ -409,6 +409,8 @@ fn every_arm_url_in_the_router_configmap_names_a_headless_service_whose_pods_ser
         let model = abgate_model_server::ServerConfig::parse(&file, &model_text)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(model.variant, arm.name);
+        // Open Inference Protocol: every arm serves the experiment's one model name.
+        assert_eq!(model.model_name, "wine-quality", "{}", arm.name);
         assert_eq!(model.listen.port(), port);
         assert_eq!(model.shutdown_grace.as_secs_f64(), 10.0);
         // The image carries models/ at /app/models (Dockerfile: COPY models/).
