@@ -1,0 +1,397 @@
+//! Arms that misbehave at the byte level, scripted over raw TCP: a stray extra
+//! response, a body after a 204, a body longer than its length, broken chunked
+//! framing, smuggled responses in chunk extensions or trailers, hop-by-hop headers
+//! the client must not see, both framings at once, HTTP/1.0, a 101. Whatever the arm
+//! sends, every later user must get exactly their own answer, one by one and over
+//! concurrent connections, on the fast path and on the hyper path.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the arm answers the first user (`alice`); every other user gets a plain answer.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// A correct answer, then 50 ms later a second complete response nobody asked for.
+    StrayResponse,
+    /// 204, then 50 ms later a body.
+    BodyAfterNoContent,
+    /// A body longer than its `Content-Length`: the excess is a whole response.
+    LongBody,
+    /// Chunk data not followed by CRLF.
+    ChunkWithoutCrlf,
+    /// An empty chunk-size line.
+    EmptySizeLine,
+    /// A chunk extension ending in a bare LF, carrying a whole response.
+    ExtensionWithBareLf,
+    /// Trailers that carry a whole response.
+    TrailersCarryingAResponse,
+    /// `Connection` naming ten headers, all present.
+    ConnectionNamesTen,
+    /// A `Proxy-Authenticate` header.
+    ProxyAuthenticate,
+    /// Both `Content-Length` and chunked.
+    LengthAndChunked,
+    /// An HTTP/1.0 answer.
+    Http10,
+    /// 101 Switching Protocols.
+    SwitchingProtocols,
+}
+
+const ALL: [Misbehaviour; 12] = [
+    Misbehaviour::StrayResponse,
+    Misbehaviour::BodyAfterNoContent,
+    Misbehaviour::LongBody,
+    Misbehaviour::ChunkWithoutCrlf,
+    Misbehaviour::EmptySizeLine,
+    Misbehaviour::ExtensionWithBareLf,
+    Misbehaviour::TrailersCarryingAResponse,
+    Misbehaviour::ConnectionNamesTen,
+    Misbehaviour::ProxyAuthenticate,
+    Misbehaviour::LengthAndChunked,
+    Misbehaviour::Http10,
+    Misbehaviour::SwitchingProtocols,
+];
+
+fn answer(user: &str) -> String {
+    format!("{{\"prediction\":5.0,\"user\":\"{user}\"}}")
+}
+
+fn plain(user: &str) -> Vec<u8> {
+    let body = answer(user);
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// What the arm writes for alice: bytes now, then bytes after 50 ms.
+fn misbehave(m: Misbehaviour) -> (Vec<u8>, Vec<u8>) {
+    let body = answer("alice");
+    let stray = plain("mallory");
+    let mut now = Vec::new();
+    let mut later = Vec::new();
+    match m {
+        Misbehaviour::StrayResponse => {
+            now = plain("alice");
+            later = stray;
+        }
+        Misbehaviour::BodyAfterNoContent => {
+            now = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+            later = stray;
+        }
+        Misbehaviour::LongBody => {
+            now = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                .into_bytes();
+            now.extend_from_slice(&stray);
+        }
+        Misbehaviour::ChunkWithoutCrlf => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}XX0\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            now.extend_from_slice(&stray);
+        }
+        Misbehaviour::EmptySizeLine => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            now.extend_from_slice(&stray);
+        }
+        Misbehaviour::ExtensionWithBareLf => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x};x\n",
+                body.len()
+            )
+            .into_bytes();
+            now.extend_from_slice(&stray);
+            now.extend_from_slice(format!("\r\n{body}\r\n0\r\n\r\n").as_bytes());
+        }
+        Misbehaviour::TrailersCarryingAResponse => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n",
+                body.len()
+            )
+            .into_bytes();
+            now.extend_from_slice(&stray);
+            now.extend_from_slice(b"\r\n");
+        }
+        Misbehaviour::ConnectionNamesTen => {
+            let names: Vec<String> = (1..=10).map(|i| format!("a{i}")).collect();
+            let mut head = format!(
+                "HTTP/1.1 200 OK\r\nconnection: {}, x-secret\r\nx-secret: s\r\n",
+                names.join(", ")
+            );
+            for n in &names {
+                head.push_str(&format!("{n}: leaked\r\n"));
+            }
+            now = format!("{head}content-length: {}\r\n\r\n{body}", body.len()).into_bytes();
+        }
+        Misbehaviour::ProxyAuthenticate => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\nproxy-authenticate: Basic realm=x\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+        }
+        Misbehaviour::LengthAndChunked => {
+            now = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+        }
+        Misbehaviour::Http10 => {
+            now = format!(
+                "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+        }
+        Misbehaviour::SwitchingProtocols => {
+            now = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+                .to_vec();
+            now.extend_from_slice(&stray);
+        }
+    }
+    (now, later)
+}
+
+/// The user of a forwarded request: `X-User-Id`, else the body's `user_id`.
+fn user_of(head: &[u8], body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if let Some(line) = text.lines().find(|l| l.starts_with("x-user-id:")) {
+        return line["x-user-id:".len()..].trim().to_string();
+    }
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["user_id"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A raw-TCP arm that answers health checks and each `/predict` with the user's own
+/// answer, except alice's, which it answers per `m`.
+async fn scripted_arm(m: Misbehaviour) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some((head, body, used)) = read_request(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    buf.drain(..used);
+                    if head.starts_with(b"GET /api/health") {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let user = user_of(&head, &body);
+                    if user == "alice" {
+                        let (now, later) = misbehave(m);
+                        if stream.write_all(&now).await.is_err() {
+                            return;
+                        }
+                        if !later.is_empty() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if stream.write_all(&later).await.is_err() {
+                                return;
+                            }
+                        }
+                        if matches!(m, Misbehaviour::Http10) {
+                            return;
+                        }
+                    } else if stream.write_all(&plain(&user)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Reads one request (head and `Content-Length` body) from `stream`.
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(Vec<u8>, Vec<u8>, usize)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = buf[..end + 4].to_vec();
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let len: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = buf[end + 4..end + 4 + len].to_vec();
+                return Some((head, body, end + 4 + len));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Which transport the router serves the request on.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// `X-User-Id` header: the fast path.
+    Fast,
+    /// The user only in the body: the hyper path.
+    Hyper,
+}
+
+/// Sends one prediction for `user` on a new connection; the status, the raw head and
+/// the body.
+async fn ask(router: &str, user: &str, path: Path) -> (u16, String, String) {
+    let addr = router.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = format!("{{\"user_id\":\"{user}\",\"features\":{{}}}}");
+    let header = match path {
+        Path::Fast => format!("x-user-id: {user}\r\n"),
+        Path::Hyper => String::new(),
+    };
+    let request = format!(
+        "POST /predict HTTP/1.1\r\nhost: r\r\ncontent-type: application/json\r\n{header}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Runs one misbehaviour on one path: alice's exchange, then 20 users one by one and
+/// 20 at once, each of whom must get exactly their own answer.
+async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
+    let arm = scripted_arm(m).await;
+    let router = RouterHandle::start(&router_toml(
+        &[("best_model", &arm, 1.0)],
+        "workers = 1",
+        "[health]\ninterval_ms = 60000\ntimeout_ms = 1000\nunhealthy_threshold = 5\nhealthy_threshold = 1\n",
+    ))
+    .await;
+    let (status, head, body) = ask(&router.url, "alice", path).await;
+    let lower = head.to_ascii_lowercase();
+    assert!(!body.contains("mallory"), "{m:?}/{path:?}: alice got the stray: {body}");
+    match m {
+        Misbehaviour::ConnectionNamesTen => {
+            assert_eq!(status, 200, "{m:?}/{path:?}");
+            for i in 1..=10 {
+                assert!(!lower.contains(&format!("\na{i}:")), "{m:?}: a{i} leaked: {head}");
+            }
+            assert!(!lower.contains("x-secret"), "{m:?}: x-secret leaked: {head}");
+        }
+        Misbehaviour::ProxyAuthenticate => {
+            assert_eq!(status, 200);
+            assert!(!lower.contains("proxy-authenticate"), "{head}");
+        }
+        Misbehaviour::LengthAndChunked | Misbehaviour::Http10 => {
+            assert_eq!(status, 200, "{m:?}/{path:?}: {head}");
+            assert!(head.starts_with("HTTP/1.1 "), "{m:?}: {head}");
+            assert_eq!(body, answer("alice"), "{m:?}/{path:?}");
+        }
+        Misbehaviour::SwitchingProtocols => {
+            assert_eq!(status, 502, "{m:?}/{path:?}: 101 is refused");
+        }
+        Misbehaviour::StrayResponse | Misbehaviour::LongBody => {
+            assert_eq!(body, answer("alice"), "{m:?}/{path:?}");
+        }
+        Misbehaviour::BodyAfterNoContent => assert_eq!(status, 204, "{m:?}/{path:?}"),
+        // Broken framing: a 502 if nothing was relayed, else a cut answer; never the
+        // smuggled response.
+        _ => assert!(
+            status == 502 || status == 200 || status == 0,
+            "{m:?}/{path:?}: {status}"
+        ),
+    }
+    // The stray bytes arrive 50 ms after alice's answer; bob comes 100 ms later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let (status, _, body) = ask(&router.url, &user, path).await;
+        assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
+        assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user} got another answer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut concurrent = Vec::new();
+    for i in 0..20 {
+        let url = router.url.clone();
+        concurrent.push(tokio::spawn(async move {
+            let user = format!("together-{i}");
+            (ask(&url, &user, path).await, user)
+        }));
+    }
+    for task in concurrent {
+        let ((status, _, body), user) = task.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
+        assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user} got another answer");
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn after_any_misbehaving_answer_every_fast_path_user_gets_their_own_answer() {
+    for m in ALL {
+        every_later_user_gets_their_own_answer(m, Path::Fast).await;
+    }
+}
+
+#[tokio::test]
+async fn after_any_misbehaving_answer_every_hyper_path_user_gets_their_own_answer() {
+    for m in ALL {
+        every_later_user_gets_their_own_answer(m, Path::Hyper).await;
+    }
+}
