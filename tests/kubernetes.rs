@@ -1,8 +1,9 @@
 //! The Kubernetes manifests (deploy/kubernetes), checked offline: `kubectl kustomize`
-//! renders them, `kubernetes-validate --strict` accepts every object for Kubernetes
-//! 1.30, `promtool` accepts the scrape config, and the rendered objects have the
-//! properties an operator relies on (replicas, probes, drain timing, non-root, the
-//! config mounted as a directory, headless arm Services the router config names).
+//! renders them (kubectl 1.20 or later), `kubernetes-validate --strict` accepts every
+//! object for Kubernetes 1.30, `promtool` accepts the scrape config, and the rendered
+//! objects have the properties an operator relies on (replicas, probes, drain timing,
+//! non-root, the config mounted as a directory, headless arm Services the router
+//! config names).
 //! The router and model-server TOML inside the ConfigMaps go through the real
 //! loaders. `.ci/run` installs the tools; without them these tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -291,6 +292,11 @@ fn check_deployment(objects: &[Value], deployment: &Value, shutdown_grace_s: f64
 #[ignore = "needs kubectl and kubernetes-validate (installed by .ci/run)"]
 fn the_kustomize_base_and_the_example_overlay_render_and_every_object_validates_strictly_for_kubernetes_1_30(
 ) {
+    // The manifests render alike with kubectl 1.20 (Debian's kubernetes-client,
+    // kustomize v2.0.3, what .ci/run installs when there is no kubectl) and current
+    // ones; the log says which one this run used.
+    let version = stdout_of("kubectl", &["version", "--client"], None);
+    eprintln!("kubectl: {}", version.lines().next().unwrap_or("").trim());
     for dir in ["", "overlays/example", "grafana"] {
         validate(dir);
     }
