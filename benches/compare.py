@@ -204,7 +204,7 @@ def model_config(path, arm, listen, workers):
 def run_cell(args, bins, backend, workers, tmp):
     """One backend kind at one worker count: every path, interleaved."""
     stack = Stack(tmp)
-    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy")}
+    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4")}
     addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
     try:
         for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
@@ -233,13 +233,21 @@ def run_cell(args, bins, backend, workers, tmp):
                best=addr["best"], candidate=addr["candidate"],
                best_weight=WEIGHTS["best_model"], candidate_weight=WEIGHTS["candidate_model"])
         proxies["haproxy"] = stack.start("haproxy", ["haproxy", "-db", "-f", hap], ports["haproxy"])
+        l4 = os.path.join(tmp, "haproxy-tcp.cfg")
+        render("haproxy-tcp.cfg.template", l4, workers=workers, listen=addr["l4"],
+               best=addr["best"], candidate=addr["candidate"],
+               best_weight=WEIGHTS["best_model"], candidate_weight=WEIGHTS["candidate_model"])
+        proxies["l4"] = stack.start("haproxy-tcp", ["haproxy", "-db", "-f", l4], ports["l4"])
         urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
-                "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}"}
+                "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}",
+                "l4": f"http://{addr['l4']}"}
         pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
         script = os.path.join(tmp, "predict.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT)
-        paths = ["direct", "abgate", "nginx", "haproxy"]
+        paths = ["direct", "abgate", "nginx", "haproxy", "l4"]
+        # The L4 relay cannot split by user: closed loop only.
+        latency_paths = ["direct", "abgate", "nginx", "haproxy"]
         results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
         for path in paths:  # warm every pool and cache once
             wrk(urls[path], 1, script)
@@ -258,9 +266,9 @@ def run_cell(args, bins, backend, workers, tmp):
         rates = [round(slowest * 0.25, -2), round(slowest * 0.70, -2)]
         # Tail latency on a shared 2-core machine swings with scheduling luck: each rate
         # runs once per round, interleaved like the closed loop, and the median is kept.
-        runs = {p: {str(int(rate)): [] for rate in rates} for p in paths}
+        runs = {p: {str(int(rate)): [] for rate in rates} for p in latency_paths}
         for r in range(args.rounds):
-            order = paths[r % len(paths):] + paths[:r % len(paths)]
+            order = latency_paths[r % len(latency_paths):] + latency_paths[:r % len(latency_paths)]
             for rate in rates:
                 for path in order:
                     report = loadgen(bins["loadgen"], urls[path], rate, args.duration,
@@ -277,7 +285,8 @@ def run_cell(args, bins, backend, workers, tmp):
                     })
                     log(f"  [{backend} w={workers} round {r + 1} open {int(rate)}/s] {path:8} "
                         f"p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} us")
-        for path in paths:
+        results["l4"]["latency"] = {}
+        for path in latency_paths:
             results[path]["latency"] = {}
             for rate, samples in runs[path].items():
                 median = lambda key: int(statistics.median(x[key] for x in samples))
@@ -311,6 +320,7 @@ def summarize(cell):
             "vs_direct": round(med[p] / med["direct"], 2),
             "vs_nginx": round(med[p] / med["nginx"], 2),
             "vs_haproxy": round(med[p] / med["haproxy"], 2),
+            "vs_l4": round(med[p] / med["l4"], 2),
             "cpu_us_per_req": round(statistics.median(v["cpu_us"]), 1) if v["cpu_us"] else None,
             "peak_rss_mib": v.get("peak_rss_mib"),
             "latency": v["latency"],
@@ -344,14 +354,16 @@ def markdown(report):
         lines.append(f"### {cell['backend']} backends, {cell['workers']} worker(s)")
         lines.append("")
         r1, r2 = cell["rates"]
-        lines.append(f"| path | req/s median (min-max) | vs direct | vs nginx | vs HAProxy | CPU us/req "
+        lines.append(f"| path | req/s median (min-max) | vs direct | vs nginx | vs HAProxy | vs L4 "
+                     f"| CPU us/req "
                      f"| p50/p99/p99.9 us @ {int(r1)}/s | p50/p99/p99.9 us @ {int(r2)}/s | peak RSS MiB |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in cell["rows"]:
-            lat = [row["latency"][str(int(r))] for r in (r1, r2)]
-            fmt = lambda l: f"{l['p50']}/{l['p99']}/{l['p999']}"
+            lat = [row["latency"].get(str(int(r))) for r in (r1, r2)]
+            fmt = lambda l: f"{l['p50']}/{l['p99']}/{l['p999']}" if l else "-"
             lines.append(f"| {row['path']} | {row['rps_median']} ({row['rps_min']}-{row['rps_max']}) "
                          f"| {row['vs_direct']} | {row['vs_nginx']} | {row['vs_haproxy']} "
+                         f"| {row['vs_l4']} "
                          f"| {row['cpu_us_per_req'] if row['cpu_us_per_req'] is not None else '-'} "
                          f"| {fmt(lat[0])} | {fmt(lat[1])} | {row['peak_rss_mib'] or '-'} |")
         lines.append("")
@@ -360,7 +372,7 @@ def markdown(report):
         for r in (r1, r2):
             base = direct["latency"][str(int(r))]["p99"]
             parts = [f"{row['path']} {row['latency'][str(int(r))]['p99'] - base:+d}"
-                     for row in cell["rows"] if row["path"] != "direct"]
+                     for row in cell["rows"] if row["path"] != "direct" and row["latency"]]
             added.append(f"@ {int(r)}/s: " + ", ".join(parts))
         lines.append("Added p99 over direct (us, medians of the rounds) " + "; ".join(added) + ".")
         lines.append("")
