@@ -32,6 +32,8 @@ struct Browser {
     next_id: u64,
     session: Option<String>,
     events: Vec<Value>,
+    /// Answers for intercepted requests: (path suffix, JSON body).
+    fixtures: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -134,6 +136,7 @@ impl Browser {
             next_id: 0,
             session: None,
             events: Vec::new(),
+            fixtures: Vec::new(),
             dir,
         };
         let target = browser
@@ -166,7 +169,8 @@ impl Browser {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    async fn send(&mut self, method: &str, params: Value, session: bool) -> Value {
+    /// Writes one command; its id.
+    fn write(&mut self, method: &str, params: Value, session: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -178,6 +182,52 @@ impl Browser {
         if let Err(e) = self.to.write_all(&bytes) {
             panic!("{method}: writing to chromium: {e}\n{}", self.log_tail());
         }
+        id
+    }
+
+    /// Answers a request paused by `Fetch` with its fixture (the answer to that
+    /// command is not awaited), or lets it through.
+    fn answer_paused(&mut self, event: &Value) {
+        let p = &event["params"];
+        let url = p["request"]["url"].as_str().unwrap_or("");
+        let fixture = self
+            .fixtures
+            .iter()
+            .find(|(suffix, _)| url.ends_with(suffix.as_str()))
+            .map(|(_, body)| body.clone());
+        let request_id = p["requestId"].clone();
+        match fixture {
+            Some(body) => self.write(
+                "Fetch.fulfillRequest",
+                json!({"requestId": request_id, "responseCode": 200,
+                       "responseHeaders": [{"name": "content-type", "value": "application/json"}],
+                       "body": base64_encode(body.as_bytes())}),
+                true,
+            ),
+            None => self.write(
+                "Fetch.continueRequest",
+                json!({"requestId": request_id}),
+                true,
+            ),
+        };
+    }
+
+    /// From now on the page's requests for these paths get these JSON answers.
+    async fn serve_fixtures(&mut self, fixtures: &[(&str, &Value)]) {
+        self.fixtures = fixtures
+            .iter()
+            .map(|(path, body)| (path.to_string(), body.to_string()))
+            .collect();
+        let patterns: Vec<Value> = fixtures
+            .iter()
+            .map(|(path, _)| json!({"urlPattern": format!("*{path}")}))
+            .collect();
+        self.call("Fetch.enable", json!({"patterns": patterns}))
+            .await;
+    }
+
+    async fn send(&mut self, method: &str, params: Value, session: bool) -> Value {
+        let id = self.write(method, params, session);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -194,6 +244,9 @@ impl Browser {
                     panic!("{method}: {err}");
                 }
                 return msg["result"].clone();
+            }
+            if msg["method"] == "Fetch.requestPaused" {
+                self.answer_paused(&msg);
             }
             self.events.push(msg);
         }
@@ -399,6 +452,25 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -862,4 +934,125 @@ async fn the_status_page_shows_a_killed_arm_down_and_a_dead_router_stale() {
     assert!(problems.is_empty(), "browser console: {problems:#?}");
     assert_only_the_router(&b.requested_urls(), &url, "DevTools network log");
     let _ = b.close().await;
+}
+
+/// What `/api/experiment` will answer, by the field names in DESIGN.md ("Experiment
+/// analysis", "Shadow arms"); the guardrail and shadow fields DESIGN leaves open are
+/// the page's best guess. The browser answers the page's request with it, so the
+/// page's rendering of the experiment is checked before the router serves it.
+fn experiment_fixture(now: f64) -> Value {
+    json!({
+        "phase": 2,
+        "started_at": now - 600.0,
+        "min_samples": 100,
+        "arms": [
+            {"variant": "best_model", "absolute_error": {"mean": 0.41, "n": 120}},
+            {"variant": "candidate_model", "absolute_error": {"mean": 0.52, "n": 40}}
+        ],
+        "srm": {"p_value": 0.0004, "chi2_p_value": 0.0001, "alarm": true,
+                "expected": [700.0, 300.0], "observed": [640, 360]},
+        "comparisons": [
+            {"metric": "error_rate", "variant": "candidate_model", "control": "best_model",
+             "estimate": 0.012, "ci_low": 0.004, "ci_high": 0.02, "verdict": "worse", "n": 1000},
+            {"metric": "latency_mean_seconds", "variant": "candidate_model", "control": "best_model",
+             "estimate": 0.0002, "ci_low": -0.0001, "ci_high": 0.0005, "verdict": "no_difference_yet", "n": 1000},
+            {"metric": "absolute_error", "variant": "candidate_model", "control": "best_model",
+             "estimate": null, "ci_low": null, "ci_high": null, "verdict": "not_enough_data", "n": 40}
+        ],
+        "guardrails": [
+            {"name": "candidate-errors", "metric": "error_rate", "arm": "candidate_model",
+             "max_degradation": 0.003, "action": "rollback", "tripped": true}
+        ],
+        "history": [
+            {"time": now - 30.0, "guardrail": "candidate-errors", "estimate": 0.012,
+             "ci_low": 0.004, "ci_high": 0.02}
+        ],
+        "shadows": [
+            {"name": "shadow_model", "of": "best_model", "compared": 500,
+             "agreements": {"true": 480, "false": 20}, "mean_absolute_difference": 0.08,
+             "shadow_error": 1, "dropped": 0}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Debian's chromium (installed by .ci/run)"]
+async fn the_status_page_renders_the_experiment_contract() {
+    let _one = ONE_BROWSER.lock().await;
+    let (_best, _candidate, router) = stack().await;
+    let c = client();
+    traffic(&router, &c, 0..40).await;
+    let mut b = Browser::launch(1280, 800).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let fixture = experiment_fixture(now);
+    b.serve_fixtures(&[("/api/experiment", &fixture)]).await;
+    b.goto(&format!("{}/", router.url)).await;
+    b.wait_for(
+        "the experiment drawn",
+        Duration::from_secs(10),
+        "document.querySelectorAll('#cmp tr[data-metric]').length === 3",
+    )
+    .await;
+    let v = b
+        .eval(
+            "({srm: document.getElementById('srm').dataset.srm, srmText: document.getElementById('srm').innerText, \
+               rows: [...document.querySelectorAll('#cmp tr[data-metric]')].map(r => [r.dataset.verdict, r.innerText]), \
+               rowHeads: document.querySelectorAll('#cmp tbody th[scope=row]').length, \
+               guard: document.querySelector('[data-guardrail]')?.dataset.tripped, \
+               guardText: document.getElementById('guardrails').innerText, \
+               shadow: document.getElementById('shadows').innerText, \
+               mae: document.querySelector('[data-arm=best_model]').innerText, \
+               phase: document.getElementById('phase').innerText, \
+               unavailable: document.querySelectorAll('[data-unavailable]').length})",
+        )
+        .await;
+    println!("{v:#}");
+    let text = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    assert_eq!(v["srm"], "alarm");
+    assert!(text("srmText").contains("SAMPLE RATIO MISMATCH") && text("srmText").contains("640"));
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows[0][0], "worse");
+    let worse = rows[0][1].as_str().unwrap_or("");
+    assert!(
+        worse.contains("+1.20 pp")
+            && worse.contains("[+0.40 pp, +2.00 pp]")
+            && worse.contains("✗ worse"),
+        "{worse}"
+    );
+    assert!(rows[1][1]
+        .as_str()
+        .unwrap_or("")
+        .contains("no difference yet"));
+    assert!(rows[2][1]
+        .as_str()
+        .unwrap_or("")
+        .contains("not enough data"));
+    assert_eq!(v["rowHeads"], 3, "each comparison row has a row header");
+    assert_eq!(v["guard"], "true");
+    assert!(
+        text("guardText").contains("TRIPPED")
+            && text("guardText").contains("Last trip")
+            && text("guardText").contains("[+0.40 pp, +2.00 pp]"),
+        "{}",
+        text("guardText")
+    );
+    assert!(text("shadow").contains("96.0%") && text("shadow").contains("shadow_model"));
+    assert!(
+        text("mae").contains("0.41") && text("mae").contains("n=120"),
+        "{}",
+        text("mae")
+    );
+    assert!(text("phase").contains("Phase 2"));
+    assert_eq!(v["unavailable"], 0);
+    b.screenshot(
+        &target_dir().join("status-page-experiment-fixture-1280x800-full.png"),
+        true,
+    )
+    .await;
+    let (problems, _) = b.console_problems();
+    assert!(problems.is_empty(), "browser console: {problems:#?}");
+    let _ = b.close().await;
+    router.stop().await;
 }
