@@ -205,3 +205,11 @@ mod tests {
         );
     }
 }
+
+/// Arm names appear in metric labels, headers, prediction ids and URLs: 1-64 letters,
+/// digits and `_`. The one rule for the router's arms and the model servers' variants.
+pub fn is_valid_arm_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}

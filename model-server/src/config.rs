@@ -121,11 +121,9 @@ pub struct ServerConfig {
     pub system_sample_interval: Duration,
 }
 
-/// Arm names appear in labels, prediction ids and URLs: keep them simple.
+/// Arm names appear in labels, prediction ids and URLs: the shared rule.
 pub fn is_valid_variant(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    config::is_valid_arm_name(name)
 }
 
 /// Model names appear in URL paths: 1-64 letters, digits, `_`, `-` or `.`, not

@@ -28,9 +28,9 @@ pub enum IdLookup {
     Known(f32),
 }
 
-/// The arm encoded in a prediction id (everything before the first `-`).
+/// The arm encoded in a prediction id (the shared rule the router also uses).
 pub fn variant_of(prediction_id: &str) -> Option<&str> {
-    prediction_id.split_once('-').map(|(v, _)| v)
+    abgate_common::feedback::prediction_owner(prediction_id)
 }
 
 impl RecentPredictions {

@@ -3,13 +3,14 @@
 //! rejection is a JSON error counted under its `error_type`.
 
 use abgate_common::http::{
-    error_response, json_response, metrics_response, read_body, require_json,
+    error_response, find_route, json_response, metrics_response, read_body, require_json,
+    route_error, Route,
 };
 use abgate_common::metrics::{ArmMetrics, ArmSummary, Metrics};
 use abgate_common::system::SystemSampler;
 use abgate_common::{ApiError, ErrorKind};
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
@@ -127,12 +128,42 @@ impl State {
     }
 }
 
-const ROUTES: [(&str, Method); 5] = [
-    ("/predict", Method::POST),
-    ("/feedback", Method::POST),
-    ("/metrics", Method::GET),
-    ("/api/health", Method::GET),
-    ("/api/metrics", Method::GET),
+/// What serves a route.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Predict,
+    Feedback,
+    Metrics,
+    Health,
+    Summary,
+}
+
+const ROUTES: [Route<Target>; 5] = [
+    Route {
+        path: "/predict",
+        method: Method::POST,
+        target: Target::Predict,
+    },
+    Route {
+        path: "/feedback",
+        method: Method::POST,
+        target: Target::Feedback,
+    },
+    Route {
+        path: "/metrics",
+        method: Method::GET,
+        target: Target::Metrics,
+    },
+    Route {
+        path: "/api/health",
+        method: Method::GET,
+        target: Target::Health,
+    },
+    Route {
+        path: "/api/metrics",
+        method: Method::GET,
+        target: Target::Summary,
+    },
 ];
 
 /// Answers one request.
@@ -141,33 +172,19 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     if crate::oip::path::is_oip(path) {
         return crate::oip::handle(&state, req).await;
     }
-    let method = req.method();
-    let route = ROUTES.iter().find(|(p, _)| *p == path);
-    let result = match route {
-        None => Err(ApiError::new(
-            ErrorKind::NotFound,
-            format!("no route {path}; see /api/health"),
-        )),
-        Some((_, allowed))
-            if method != allowed && !(method == Method::HEAD && allowed == Method::GET) =>
-        {
-            let mut response = error_response(&ApiError::new(
-                ErrorKind::MethodNotAllowed,
-                format!("{path} accepts {allowed} only"),
-            ));
-            if let Ok(v) = HeaderValue::from_str(allowed.as_str()) {
-                response.headers_mut().insert(header::ALLOW, v);
-            }
-            state.arm.error(ErrorKind::MethodNotAllowed);
-            return response;
+    let route = match find_route(&ROUTES, path, req.method(), "see /api/health") {
+        Ok(route) => route,
+        Err((err, allow)) => {
+            state.arm.error(err.kind);
+            return route_error(&err, allow);
         }
-        Some((route, _)) => match *route {
-            "/predict" => return predict(&state, req).await,
-            "/feedback" => feedback(&state, req).await,
-            "/metrics" => return metrics_response(state.metrics.encode()),
-            "/api/health" => Ok(health(&state)),
-            _ => Ok(json_response(StatusCode::OK, &summary(&state))),
-        },
+    };
+    let result = match route.target {
+        Target::Predict => return predict(&state, req).await,
+        Target::Feedback => feedback(&state, req).await,
+        Target::Metrics => return metrics_response(state.metrics.encode()),
+        Target::Health => Ok(health(&state)),
+        Target::Summary => Ok(json_response(StatusCode::OK, &summary(&state))),
     };
     result.unwrap_or_else(|e| {
         state.arm.error(e.kind);
