@@ -128,6 +128,14 @@ pub fn resolve_relative(config_file: &Path, relative: &Path) -> PathBuf {
         .unwrap_or_else(|| relative.to_path_buf())
 }
 
+/// Arm names appear in metric labels, headers, prediction ids and URLs: 1-64 letters,
+/// digits and `_`. The one rule for the router's arms and the model servers' variants.
+pub fn is_valid_arm_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,12 +212,4 @@ mod tests {
             PathBuf::from("/abs")
         );
     }
-}
-
-/// Arm names appear in metric labels, headers, prediction ids and URLs: 1-64 letters,
-/// digits and `_`. The one rule for the router's arms and the model servers' variants.
-pub fn is_valid_arm_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

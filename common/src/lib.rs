@@ -21,6 +21,7 @@ pub mod error;
 pub mod feedback;
 pub mod http;
 pub mod metrics;
+pub mod oip;
 pub mod system;
 
 pub use error::{ApiError, ErrorKind};

@@ -35,7 +35,8 @@
 //! Not supported (400 naming it): other inputs, outputs or datatypes, shared memory,
 //! classification, compressed bodies (415).
 
-pub mod path;
+/// The protocol's paths (shared with the router).
+pub use abgate_common::oip as path;
 pub mod request;
 pub mod response;
 
@@ -52,8 +53,7 @@ use std::time::Instant;
 use crate::service::State;
 use path::{Endpoint, Route};
 use response::{
-    encode_infer, ErrorBody, InferContext, Live, ModelMetadata, ModelReady, Ready, ServerMetadata,
-    EXTENSIONS,
+    encode_infer, InferContext, Live, ModelMetadata, ModelReady, Ready, ServerMetadata, EXTENSIONS,
 };
 
 /// `Inference-Header-Content-Length`: the JSON header's length when binary data follows.
@@ -302,9 +302,5 @@ fn json<T: Serialize>(body: &T) -> Response<Full<Bytes>> {
 
 /// The protocol's error response: `{"error": message}` with the kind's status.
 pub fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: &error.message,
-    })
-    .unwrap_or_default();
-    abgate_common::http::json_bytes(error.kind.status(), body)
+    abgate_common::oip::error_response(error)
 }

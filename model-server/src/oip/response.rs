@@ -104,13 +104,6 @@ pub struct ModelReady<'a> {
     pub ready: bool,
 }
 
-/// The protocol's error body, `{"error": "..."}`.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    /// What went wrong.
-    pub error: &'a str,
-}
-
 /// What an inference response carries besides the output.
 #[derive(Debug, Clone, Copy)]
 pub struct InferContext<'a> {

@@ -1,6 +1,18 @@
-//! The Open Inference Protocol's REST paths, parsed without allocating.
+//! The Open Inference Protocol's REST paths, parsed without allocating, and its error
+//! shape: shared by the model server (which serves the protocol) and the router
+//! (which assigns and forwards it).
 
-use http::Method;
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body_util::Full;
+
+use crate::ApiError;
+
+/// The protocol's error response: `{"error": message}` with the kind's status.
+pub fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": error.message }).to_string();
+    crate::http::json_bytes(error.kind.status(), body.into_bytes())
+}
 
 /// What an OIP path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
