@@ -17,11 +17,14 @@ use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Header names and values as hyper parsed them.
+type Seen = Vec<(String, Vec<u8>)>;
+
 /// What hyper made of a head.
 #[derive(Debug)]
 enum HyperSaw {
     /// It called the service with these headers.
-    Served(Vec<(String, Vec<u8>)>),
+    Served(Seen),
     /// It answered with this status without calling the service.
     Refused(u16),
 }
@@ -33,7 +36,7 @@ fn hyper_parse(raw: Vec<u8>) -> HyperSaw {
         .unwrap();
     runtime.block_on(async move {
         let (mut client, server) = tokio::io::duplex(1 << 20);
-        let seen: Arc<Mutex<Option<Vec<(String, Vec<u8>)>>>> = Arc::default();
+        let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
         let recorded = Arc::clone(&seen);
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let recorded = Arc::clone(&recorded);
