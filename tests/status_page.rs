@@ -936,58 +936,102 @@ async fn the_status_page_shows_a_killed_arm_down_and_a_dead_router_stale() {
     let _ = b.close().await;
 }
 
-/// What `/api/experiment` will answer, by the field names in DESIGN.md ("Experiment
-/// analysis", "Shadow arms"); the guardrail and shadow fields DESIGN leaves open are
-/// the page's best guess. The browser answers the page's request with it, so the
-/// page's rendering of the experiment is checked before the router serves it.
-fn experiment_fixture(now: f64) -> Value {
-    json!({
-        "phase": 2,
-        "started_at": now - 600.0,
+/// What `/api/experiment` and `/api/shadows` answer (field names from
+/// `router/src/experiment` and `router/src/shadow`), with a tripped guardrail, an SRM
+/// alarm and a shadow: states a short test run cannot produce. The browser answers the
+/// page's requests with them.
+fn experiment_fixture(now: f64) -> (Value, Value) {
+    let figures = |variant: &str, mae: f64, n: u64| {
+        json!({"variant": variant, "weight": 0.5, "share": 0.5,
+               "users": {"n": 500, "estimate": 500.0, "sample_fraction": 1.0},
+               "requests": {"n": 1000, "errors": 3, "error_rate": 0.003},
+               "latency_seconds": {"n": 1000, "mean": 0.001, "p50": 0.0009, "p95": 0.002},
+               "feedback": {}, "rating": {"n": 10, "mean": 4.0},
+               "accurate_share": {"n": 30, "value": 0.5},
+               "absolute_error": {"n": n, "mae": mae, "rmse": mae * 1.2}})
+    };
+    let comparison = |metric: &str,
+                      estimate: Value,
+                      low: Value,
+                      high: Value,
+                      verdict: &str,
+                      n: u64| {
+        json!({"metric": metric, "variant": "candidate_model", "control": "best_model",
+               "estimate": estimate, "ci_low": low, "ci_high": high, "fixed_low": low, "fixed_high": high,
+               "verdict": verdict, "n": n, "n_arm": n, "n_control": n})
+    };
+    let comparisons = json!([
+        comparison(
+            "error_rate",
+            json!(0.012),
+            json!(0.004),
+            json!(0.02),
+            "worse",
+            1000
+        ),
+        comparison(
+            "latency_mean_seconds",
+            json!(0.0002),
+            json!(-0.0001),
+            json!(0.0005),
+            "no_difference_yet",
+            1000
+        ),
+        comparison(
+            "absolute_error",
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            "not_enough_data",
+            40
+        ),
+    ]);
+    let experiment = json!({
+        "experiment": "test", "phase": 2, "started_at": now - 600.0, "config_version": 3,
         "min_samples": 100,
-        "arms": [
-            {"variant": "best_model", "absolute_error": {"mean": 0.41, "n": 120}},
-            {"variant": "candidate_model", "absolute_error": {"mean": 0.52, "n": 40}}
-        ],
-        "srm": {"p_value": 0.0004, "chi2_p_value": 0.0001, "alarm": true,
+        "arms": [figures("best_model", 0.41, 120), figures("candidate_model", 0.52, 40)],
+        "srm": {"p_value": 0.0004, "chi2_p_value": 0.0001, "alarm": true, "threshold": 0.001,
+                "variants": ["best_model", "candidate_model"],
                 "expected": [700.0, 300.0], "observed": [640, 360]},
-        "comparisons": [
-            {"metric": "error_rate", "variant": "candidate_model", "control": "best_model",
-             "estimate": 0.012, "ci_low": 0.004, "ci_high": 0.02, "verdict": "worse", "n": 1000},
-            {"metric": "latency_mean_seconds", "variant": "candidate_model", "control": "best_model",
-             "estimate": 0.0002, "ci_low": -0.0001, "ci_high": 0.0005, "verdict": "no_difference_yet", "n": 1000},
-            {"metric": "absolute_error", "variant": "candidate_model", "control": "best_model",
-             "estimate": null, "ci_low": null, "ci_high": null, "verdict": "not_enough_data", "n": 40}
-        ],
-        "guardrails": [
-            {"name": "candidate-errors", "metric": "error_rate", "arm": "candidate_model",
-             "max_degradation": 0.003, "action": "rollback", "tripped": true}
-        ],
-        "history": [
-            {"time": now - 30.0, "guardrail": "candidate-errors", "estimate": 0.012,
-             "ci_low": 0.004, "ci_high": 0.02}
-        ],
-        "shadows": [
-            {"name": "shadow_model", "of": "best_model", "compared": 500,
-             "agreements": {"true": 480, "false": 20}, "mean_absolute_difference": 0.08,
-             "shadow_error": 1, "dropped": 0}
-        ]
-    })
+        "comparisons": comparisons,
+        "guardrails": [{
+            "name": "candidate-errors", "metric": "error_rate", "arm": "candidate_model",
+            "max_degradation": 0.003, "action": "rollback", "state": "tripped",
+            "comparison": comparisons[0], "trips_total": 1,
+            "last_trip": {"time": now - 30.0, "guardrail": "candidate-errors", "metric": "error_rate",
+                          "arm": "candidate_model", "action": "rollback", "phase": 2,
+                          "estimate": 0.012, "interval": [0.004, 0.02], "max_degradation": 0.003,
+                          "n": 1000, "old_weights": [["best_model", 0.5], ["candidate_model", 0.5]],
+                          "new_weights": [["best_model", 0.5], ["candidate_model", 0.0]],
+                          "config_version": 3, "file": "written", "note": null}
+        }],
+        "history": [{"phase": 1, "started_at": now - 900.0, "ended_at": now - 600.0,
+                     "arms": [], "srm": null, "comparisons": []}]
+    });
+    let shadows = json!({"shadows": [{
+        "name": "shadow_model", "of": "best_model", "url": "http://127.0.0.1:1", "sample": 0.1,
+        "tolerance": 0.25, "max_in_flight": 64, "in_flight": 0, "compared": 500,
+        "shadow_errors": 1, "dropped": 0, "unparseable": 0, "agreements": 480, "disagreements": 20,
+        "agreement_share": 0.96, "absolute_difference": {"mean": 0.08, "p50": 0.05, "p90": 0.2},
+        "shadow_latency_seconds": 0.001, "primary_latency_seconds": 0.0009
+    }]});
+    (experiment, shadows)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Debian's chromium (installed by .ci/run)"]
 async fn the_status_page_renders_the_experiment_contract() {
     let _one = ONE_BROWSER.lock().await;
-    let (_best, _candidate, router) = stack().await;
+    let (best, candidate, router) = stack().await;
     let c = client();
     traffic(&router, &c, 0..40).await;
     let mut b = Browser::launch(1280, 800).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let fixture = experiment_fixture(now);
-    b.serve_fixtures(&[("/api/experiment", &fixture)]).await;
+    let (experiment, shadows) = experiment_fixture(now);
+    b.serve_fixtures(&[("/api/experiment", &experiment), ("/api/shadows", &shadows)])
+        .await;
     b.goto(&format!("{}/", router.url)).await;
     b.wait_for(
         "the experiment drawn",
@@ -1044,10 +1088,64 @@ async fn the_status_page_renders_the_experiment_contract() {
         "{}",
         text("mae")
     );
-    assert!(text("phase").contains("Phase 2"));
+    assert!(text("phase").contains("Phase 2") && text("phase").contains("Earlier: phase 1"));
+    assert!(text("guardText").contains("weights now best_model 0.5, candidate_model 0"));
+    assert!(text("shadow").contains("within ±0.25") && text("shadow").contains("1 / 0"));
+    assert!(
+        text("mae").contains("≈ 500"),
+        "users this phase: {}",
+        text("mae")
+    );
     assert_eq!(v["unavailable"], 0);
     b.screenshot(
         &target_dir().join("status-page-experiment-fixture-1280x800-full.png"),
+        true,
+    )
+    .await;
+
+    // Reloads: an applied edit, then a rejected one, both listed by the page.
+    let arms = |w: f64| {
+        router_toml(
+            &[
+                ("best_model", &best.url, 1.0 - w),
+                ("candidate_model", &candidate.url, w),
+            ],
+            "",
+            "",
+        )
+    };
+    router.rewrite(&arms(0.5));
+    router.wait_for_version(2, "the 50/50 edit applied").await;
+    b.wait_for(
+        "the applied reload shown",
+        POLL * 3,
+        "document.querySelector('[data-config-version]')?.dataset.configVersion === '2' && \
+         document.getElementById('reloads').innerText.includes('applied, now version 2')",
+    )
+    .await;
+    router.rewrite(&arms(0.5).replace("weight = 0.5", "weight = -1"));
+    b.wait_for(
+        "the rejected reload shown",
+        POLL * 3,
+        "!!document.querySelector('[data-reload=failure]') && \
+         document.getElementById('reloads').innerText.includes('rejected')",
+    )
+    .await;
+    let weights = b
+        .eval("document.querySelector('[data-arm=candidate_model]').innerText")
+        .await;
+    assert!(
+        weights.as_str().unwrap_or("").contains("50.0% of users"),
+        "the old config stays: {weights}"
+    );
+    b.call(
+        "Emulation.setEmulatedMedia",
+        json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    )
+    .await;
+    b.next_polls(1).await;
+    b.screenshot(
+        &target_dir().join("status-page-dark-1280x800-full.png"),
         true,
     )
     .await;
