@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::assignment::Split;
+pub use crate::experiment::guardrail::{GuardrailAction, GuardrailConfig};
+use abgate_stats::Metric;
 
 /// Environment prefix: `ABGATE_ROUTER_FAILOVER=false` overrides `failover`,
 /// `ABGATE_ROUTER_OVERRIDE__TOKEN=s3cret` overrides `override.token`.
@@ -42,6 +44,8 @@ struct RawConfig {
     client: RawClient,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    guardrails: Vec<RawGuardrail>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +54,22 @@ struct RawExperiment {
     #[serde(default = "default_experiment")]
     name: String,
     salt: String,
+    #[serde(default = "default_min_samples")]
+    min_samples: u64,
+    #[serde(default = "default_user_sample_cap")]
+    user_sample_cap: usize,
+    #[serde(default)]
+    audit_log: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardrail {
+    name: String,
+    metric: String,
+    arm: String,
+    max_degradation: f64,
+    action: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +176,12 @@ fn default_grace() -> u64 {
 fn default_experiment() -> String {
     "default".into()
 }
+fn default_min_samples() -> u64 {
+    abgate_stats::DEFAULT_MIN_SAMPLES
+}
+fn default_user_sample_cap() -> usize {
+    200_000
+}
 
 /// A validated router configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +223,23 @@ pub struct RouterConfig {
     pub linger: Duration,
     /// How often the file is checked for changes.
     pub reload_poll: Duration,
+    /// Experiment analysis settings (`experiment.min_samples`, ...).
+    pub analysis: AnalysisConfig,
+    /// `[[guardrails]]`, in file order.
+    pub guardrails: Vec<GuardrailConfig>,
+}
+
+/// Experiment analysis settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnalysisConfig {
+    /// Observations per arm before a comparison gets a verdict (default 100).
+    pub min_samples: u64,
+    /// Sampled users (all arms) above which the sampling fraction halves
+    /// (default 200000).
+    pub user_sample_cap: usize,
+    /// Where guardrail trips are appended as JSON lines (relative paths are resolved
+    /// against the config file's directory; default `abgate-audit.jsonl` next to it).
+    pub audit_log: PathBuf,
 }
 
 /// One arm.
@@ -377,6 +420,24 @@ impl RouterConfig {
             )
             .map(|_| raw.health.healthy_threshold)?,
         };
+        let analysis = AnalysisConfig {
+            min_samples: raw.experiment.min_samples,
+            user_sample_cap: raw.experiment.user_sample_cap,
+            audit_log: audit_log_path(path, &raw.experiment.audit_log),
+        };
+        if analysis.min_samples == 0 {
+            return Err(invalid(
+                "experiment.min_samples",
+                "must be at least 1".into(),
+            ));
+        }
+        if analysis.user_sample_cap == 0 {
+            return Err(invalid(
+                "experiment.user_sample_cap",
+                "must be at least 1".into(),
+            ));
+        }
+        let guardrails = validate_guardrails(path, raw.guardrails, &arms)?;
         if raw.body_limit_bytes == 0 {
             return Err(invalid("body_limit_bytes", "must be at least 1".into()));
         }
@@ -413,8 +474,105 @@ impl RouterConfig {
             // 0 turns lingering off.
             linger: Duration::from_millis(raw.client.linger_ms),
             reload_poll: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
+            analysis,
+            guardrails,
         })
     }
+}
+
+/// `experiment.audit_log` resolved against the config file's directory.
+fn audit_log_path(config: &Path, value: &str) -> PathBuf {
+    let value = if value.is_empty() {
+        "abgate-audit.jsonl"
+    } else {
+        value
+    };
+    let given = Path::new(value);
+    if given.is_absolute() {
+        return given.to_path_buf();
+    }
+    config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| given.to_path_buf(), |d| d.join(given))
+}
+
+/// Validates `[[guardrails]]` against the arms.
+fn validate_guardrails(
+    path: &Path,
+    raw: Vec<RawGuardrail>,
+    arms: &[ArmConfig],
+) -> Result<Vec<GuardrailConfig>, ConfigError> {
+    let invalid = |key: String, reason: String| ConfigError::invalid(path, &key, reason);
+    let mut out: Vec<GuardrailConfig> = Vec::with_capacity(raw.len());
+    for (i, g) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("guardrails[{i}].{field}");
+        if !is_valid_name(&g.name) {
+            return Err(invalid(
+                key("name"),
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits and `_`",
+                    g.name
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.name == g.name) {
+            return Err(invalid(
+                key("name"),
+                format!("duplicate guardrail name {:?}", g.name),
+            ));
+        }
+        let metric: Metric = g
+            .metric
+            .parse()
+            .map_err(|e: abgate_stats::UnknownMetric| invalid(key("metric"), e.to_string()))?;
+        match arms.iter().position(|a| a.name == g.arm) {
+            None => {
+                let known: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+                return Err(invalid(
+                    key("arm"),
+                    format!("{:?} is not an arm; arms are {}", g.arm, known.join(", ")),
+                ));
+            }
+            Some(0) => {
+                return Err(invalid(
+                    key("arm"),
+                    format!(
+                        "{:?} is the control (the first arm); a guardrail watches another arm against it",
+                        g.arm
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if !(g.max_degradation.is_finite() && g.max_degradation >= 0.0) {
+            return Err(invalid(
+                key("max_degradation"),
+                format!(
+                    "must be a number >= 0 (in the metric's unit), got {}",
+                    g.max_degradation
+                ),
+            ));
+        }
+        let action = match g.action.as_str() {
+            "rollback" => GuardrailAction::Rollback,
+            "alert" => GuardrailAction::Alert,
+            other => {
+                return Err(invalid(
+                    key("action"),
+                    format!("{other:?} must be \"rollback\" or \"alert\""),
+                ))
+            }
+        };
+        out.push(GuardrailConfig {
+            name: g.name,
+            metric,
+            arm: g.arm,
+            max_degradation: g.max_degradation,
+            action,
+        });
+    }
+    Ok(out)
 }
 
 /// Arm names appear in labels, headers and prediction ids: keep them simple.
@@ -602,6 +760,101 @@ token = "s3cret"
     fn a_wrong_type_is_rejected_with_its_path() {
         let err = parse(&replace("weight = 10", "weight = \"ten\"")).unwrap_err();
         assert!(err.contains("key `arms.1.weight`"), "{err}");
+    }
+
+    const GUARDRAIL: &str = "\n[[guardrails]]\nname = \"candidate_errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.02\naction = \"rollback\"\n";
+
+    #[test]
+    fn experiment_analysis_keys_have_defaults() {
+        let c = parse(VALID).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.analysis.min_samples, 100);
+        assert_eq!(c.analysis.user_sample_cap, 200_000);
+        assert_eq!(c.analysis.audit_log, PathBuf::from("abgate-audit.jsonl"));
+        assert!(c.guardrails.is_empty());
+        let c = RouterConfig::parse(Path::new("/etc/abgate/router.toml"), VALID)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.analysis.audit_log,
+            PathBuf::from("/etc/abgate/abgate-audit.jsonl")
+        );
+    }
+
+    #[test]
+    fn a_guardrail_loads() {
+        let text = replace(
+            "salt = \"wine-2026-11\"",
+            "salt = \"wine-2026-11\"\nmin_samples = 50\nuser_sample_cap = 1000\naudit_log = \"/var/log/audit.jsonl\"",
+        );
+        let c = parse(&format!("{text}{GUARDRAIL}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.analysis.min_samples, 50);
+        assert_eq!(c.analysis.user_sample_cap, 1000);
+        assert_eq!(c.analysis.audit_log, PathBuf::from("/var/log/audit.jsonl"));
+        let g = &c.guardrails[0];
+        assert_eq!(g.name, "candidate_errors");
+        assert_eq!(g.metric, Metric::ErrorRate);
+        assert_eq!(g.arm, "candidate_model");
+        assert_eq!(g.action, GuardrailAction::Rollback);
+        assert!((g.max_degradation - 0.02).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_guardrails_are_rejected_with_their_key_paths() {
+        for (from, to, key, needle) in [
+            (
+                "\"error_rate\"",
+                "\"p95\"",
+                "guardrails[0].metric",
+                "unknown metric",
+            ),
+            (
+                "arm = \"candidate_model\"",
+                "arm = \"nobody\"",
+                "guardrails[0].arm",
+                "not an arm",
+            ),
+            (
+                "arm = \"candidate_model\"",
+                "arm = \"best_model\"",
+                "guardrails[0].arm",
+                "control",
+            ),
+            ("0.02", "-1", "guardrails[0].max_degradation", ">= 0"),
+            (
+                "\"rollback\"",
+                "\"page\"",
+                "guardrails[0].action",
+                "rollback",
+            ),
+            (
+                "\"candidate_errors\"",
+                "\"bad-name\"",
+                "guardrails[0].name",
+                "letters",
+            ),
+        ] {
+            let err = parse(&format!("{VALID}{}", GUARDRAIL.replacen(from, to, 1))).unwrap_err();
+            assert!(
+                err.starts_with(&format!("router.toml: key `{key}`")),
+                "{to}: {err}"
+            );
+            assert!(err.contains(needle), "{to}: {err}");
+        }
+        let err = parse(&format!("{VALID}{GUARDRAIL}{GUARDRAIL}")).unwrap_err();
+        assert!(
+            err.starts_with("router.toml: key `guardrails[1].name`"),
+            "{err}"
+        );
+        let err = parse(&format!("{VALID}{GUARDRAIL}treshold = 1\n")).unwrap_err();
+        assert!(err.contains("treshold"), "{err}");
+        let err = parse(&replace(
+            "salt = \"wine-2026-11\"",
+            "salt = \"s\"\nmin_samples = 0",
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("router.toml: key `experiment.min_samples`"),
+            "{err}"
+        );
     }
 
     #[test]

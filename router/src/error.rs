@@ -44,6 +44,9 @@ pub enum RouterError {
     /// No arm can take the request.
     #[error("{0}")]
     NoHealthyArm(String),
+    /// A file could not be read or written (audit log, config edit).
+    #[error("{0}")]
+    Io(String),
     /// Too many requests in flight.
     #[error("the router is at its limit of {0} concurrent requests; retry later")]
     Overloaded(usize),
@@ -54,7 +57,9 @@ impl RouterError {
     pub fn to_api(&self) -> ApiError {
         let kind = match self {
             RouterError::Request(e) => return e.clone(),
-            RouterError::Config(_) | RouterError::Metrics(_) => ErrorKind::Internal,
+            RouterError::Config(_) | RouterError::Metrics(_) | RouterError::Io(_) => {
+                ErrorKind::Internal
+            }
             RouterError::Connect { .. } | RouterError::Broken { .. } => ErrorKind::UpstreamError,
             RouterError::Timeout { .. } => ErrorKind::UpstreamTimeout,
             RouterError::NoHealthyArm(_) => ErrorKind::NoHealthyArm,

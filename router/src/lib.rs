@@ -18,6 +18,8 @@
 //! * [`fastpath`] — the transport for the common `/predict` (no hyper);
 //!   [`service`] — the route table and the hyper transport; [`views`] — JSON views.
 //! * [`metrics`] — the router's metric families.
+//! * [`experiment`] — experiment analysis: per-phase statistics, SRM, comparisons,
+//!   guardrails (`GET /api/experiment`); [`report`] — `abgate report`.
 //! * [`check`] — `abgate check`: validate a file and show who would move.
 //! * [`error`] — the error enum and its one mapping to HTTP.
 //!
@@ -29,6 +31,7 @@ pub mod check;
 pub mod checker;
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod fastpath;
 pub mod headers;
 pub mod health;
@@ -36,6 +39,7 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod reload;
+pub mod report;
 pub mod service;
 pub mod state;
 pub mod status_page;
@@ -70,6 +74,7 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     let tasks = [
         tokio::spawn(checker::run_checks(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
+        tokio::spawn(experiment::run(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),
     ];
     let active = router.active();

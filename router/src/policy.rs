@@ -29,18 +29,30 @@ pub struct Assignment {
     pub source: Source,
     /// The user's position in [0, 1), which failover reuses.
     pub position: f64,
+    /// For a sticky user, `XXH3_64(seed 1, key)`: the user's identity in the
+    /// experiment's user sample ([`crate::experiment::users`]).
+    pub user: Option<u64>,
 }
 
 /// The sticky assignment of `key`, or a uniformly random one for an anonymous user.
 pub fn assign_key(active: &Active, key: Option<&str>) -> Assignment {
-    let (position, source) = match key {
-        Some(key) => (position(&active.config.salt, key), Source::Sticky),
-        None => (unit_interval(rand::random::<u64>()), Source::Anonymous),
+    let (position, source, user) = match key {
+        Some(key) => (
+            position(&active.config.salt, key),
+            Source::Sticky,
+            Some(crate::experiment::users::user_hash(key)),
+        ),
+        None => (
+            unit_interval(rand::random::<u64>()),
+            Source::Anonymous,
+            None,
+        ),
     };
     Assignment {
         arm: active.split.pick(position),
         source,
         position,
+        user,
     }
 }
 
@@ -52,6 +64,7 @@ pub fn assign(active: &Active, headers: &HeaderMap, body: &[u8]) -> Result<Assig
             arm,
             source: Source::Override,
             position: 0.0,
+            user: None,
         });
     }
     Ok(assign_key(active, user_key(headers, body).as_deref()))
@@ -260,7 +273,8 @@ pub enum Answer {
 }
 
 /// Records one prediction as the client sees it, on the arm that served (or the
-/// assigned arm when none could): the count, the error kind, the latency.
+/// assigned arm when none could): the count, the error kind, the latency, and in the
+/// experiment's phase the status (5xx is an error), the latency and the sticky user.
 pub fn record_prediction(
     _router: &Router,
     active: &Active,
@@ -269,16 +283,32 @@ pub fn record_prediction(
     answer: Answer,
     started: Instant,
 ) {
-    let series = &active.arms[serving.unwrap_or(assigned.arm)].series.common;
+    let arm = serving.unwrap_or(assigned.arm);
+    let series = &active.arms[arm].series.common;
     series.predictions.inc();
-    match answer {
+    let status = match answer {
         Answer::Arm {
-            error: Some(kind), ..
+            error: Some(kind),
+            status,
+        } => {
+            series.error(kind);
+            status
         }
-        | Answer::Router(kind) => series.error(kind),
-        Answer::Arm { error: None, .. } => {}
-    }
-    series.duration.observe(started.elapsed().as_secs_f64());
+        Answer::Router(kind) => {
+            series.error(kind);
+            kind.status()
+        }
+        Answer::Arm {
+            error: None,
+            status,
+        } => status,
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    series.duration.observe(elapsed);
+    let user = assigned.user.filter(|_| assigned.source == Source::Sticky);
+    active
+        .phase
+        .record_response(arm, user, status.as_u16(), elapsed);
 }
 
 /// Records an error that happened before any arm was chosen (bad request, overload).
@@ -287,14 +317,16 @@ pub fn record_unassigned(router: &Router, kind: ErrorKind) {
 }
 
 /// Records one feedback request forwarded to `target`, as the arm answered it
-/// (`body` is the client's feedback, `reply` the arm's answer).
+/// (`body` is the client's feedback, `reply` the arm's answer): the count, and in the
+/// experiment's phase the type, the rating and the arm's `absolute_error` (present
+/// when the feedback had `actual`).
 pub fn record_feedback(
     _router: &Router,
     active: &Active,
     target: usize,
     answer: Answer,
     body: Option<&Value>,
-    _reply: Option<&Value>,
+    reply: Option<&Value>,
 ) {
     let series = &active.arms[target].series.common;
     match answer {
@@ -305,6 +337,13 @@ pub fn record_feedback(
                 .and_then(FeedbackType::parse)
             {
                 series.feedback(kind);
+                let rating = body.and_then(|v| v.get("rating")).and_then(Value::as_f64);
+                let absolute_error = reply
+                    .and_then(|v| v.get("absolute_error"))
+                    .and_then(Value::as_f64);
+                active
+                    .phase
+                    .record_feedback(target, kind, rating, absolute_error);
             }
         }
         Answer::Arm {

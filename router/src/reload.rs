@@ -51,6 +51,8 @@ pub async fn reload(router: &Router, force: bool) -> Outcome {
 }
 
 fn reload_once(router: &Router, force: bool) -> Outcome {
+    // A guardrail rollback edits the file and applies it under the same lock.
+    let _edit = router.edit_lock();
     let active = router.active();
     let path = active.config.path.clone();
     let text = match std::fs::read_to_string(&path) {

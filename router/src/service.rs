@@ -41,10 +41,11 @@ enum Target {
     Health,
     Summary,
     Config,
+    Experiment,
     StatusPage,
 }
 
-const ROUTES: [Route<Target>; 7] = [
+const ROUTES: [Route<Target>; 8] = [
     Route {
         path: "/predict",
         method: Method::POST,
@@ -74,6 +75,11 @@ const ROUTES: [Route<Target>; 7] = [
         path: "/api/config",
         method: Method::GET,
         target: Target::Config,
+    },
+    Route {
+        path: "/api/experiment",
+        method: Method::GET,
+        target: Target::Experiment,
     },
     Route {
         path: "/",
@@ -120,7 +126,11 @@ async fn route(
     match route.target {
         Target::Predict => predict(router, active, req, request_id).await,
         Target::Feedback => feedback(router, active, req, request_id).await,
-        Target::Metrics => metrics_response(router.metrics.common.encode()),
+        Target::Metrics => {
+            router.experiment.refresh(active);
+            metrics_response(router.metrics.common.encode())
+        }
+        Target::Experiment => json_response(StatusCode::OK, &router.experiment.view(active)),
         Target::Health => views::health(router, active),
         Target::Summary => json_response(StatusCode::OK, &views::summary(active, router)),
         Target::Config => json_response(StatusCode::OK, &views::config_view(router, active)),

@@ -14,6 +14,7 @@ use abgate_common::system::SystemSampler;
 use crate::assignment::Split;
 use crate::config::{ArmConfig, RouterConfig};
 use crate::error::RouterError;
+use crate::experiment::{Experiment, Phase};
 use crate::health::ArmHealth;
 use crate::metrics::{ArmSeries, ReloadResult, RouterMetrics, ROUTER};
 
@@ -47,6 +48,9 @@ pub struct Active {
     pub hash: String,
     /// Unix time it was applied.
     pub applied_at: f64,
+    /// The experiment phase its requests are recorded in (shared by consecutive
+    /// versions with the same salt, arms and weights).
+    pub phase: Arc<Phase>,
 }
 
 impl Active {
@@ -86,6 +90,9 @@ pub struct Router {
     pub system: Arc<SystemSampler>,
     inflight: AtomicUsize,
     rejected_hash: Mutex<Option<String>>,
+    /// Experiment analysis: phase history, guardrail trips, gauges.
+    pub experiment: Experiment,
+    edit: Mutex<()>,
 }
 
 /// Held while a request is in flight; releases its slot on drop.
@@ -113,6 +120,7 @@ impl Router {
     /// State for `config`, loaded from text whose hash is `hash`.
     pub fn new(config: RouterConfig, hash: String) -> Result<Arc<Router>, RouterError> {
         let metrics = RouterMetrics::new()?;
+        let experiment = Experiment::new(&metrics.common.registry)?;
         let system = SystemSampler::new(
             metrics.common.cpu_percent.with_label_values(&[ROUTER]),
             metrics.common.memory_percent.with_label_values(&[ROUTER]),
@@ -126,6 +134,7 @@ impl Router {
                 version: 0,
                 hash: String::new(),
                 applied_at: 0.0,
+                phase: Arc::new(Phase::new(0, 0.0, "", Vec::new(), Vec::new(), 1)),
             }),
             metrics,
             health: Mutex::new(HashMap::new()),
@@ -137,6 +146,8 @@ impl Router {
             system,
             inflight: AtomicUsize::new(0),
             rejected_hash: Mutex::new(None),
+            experiment,
+            edit: Mutex::new(()),
         };
         router.apply(config, hash);
         Ok(Arc::new(router))
@@ -145,6 +156,14 @@ impl Router {
     /// The version in force (a cheap reference-counted snapshot).
     pub fn active(&self) -> Arc<Active> {
         self.active.load_full()
+    }
+
+    /// Held while the config file is read and applied (reload) or edited and applied
+    /// (guardrail rollback), so the two never interleave.
+    pub fn edit_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.edit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes a request slot, or `None` at the concurrency limit.
@@ -158,6 +177,7 @@ impl Router {
     /// and URL are unchanged.
     pub fn apply(&self, config: RouterConfig, hash: String) {
         let previous = self.active.load_full();
+        let phase = self.experiment.phase_for(&previous, &config);
         let split = config.split();
         let shares = split.shares();
         let mut table = match self.health.lock() {
@@ -201,6 +221,7 @@ impl Router {
             version: previous.version + 1,
             hash,
             applied_at: unix_now(),
+            phase,
             config,
         }));
     }

@@ -116,6 +116,8 @@ pub struct ConfigView<'a> {
     failover: bool,
     override_enabled: bool,
     override_token_required: bool,
+    analysis: &'a crate::config::AnalysisConfig,
+    guardrails: &'a [crate::config::GuardrailConfig],
     last_reload: crate::state::ReloadStatus,
 }
 
@@ -141,6 +143,8 @@ pub fn config_view<'a>(router: &Router, active: &'a Active) -> ConfigView<'a> {
         failover: active.config.failover,
         override_enabled: active.config.override_.enabled,
         override_token_required: active.config.override_.token.is_some(),
+        analysis: &active.config.analysis,
+        guardrails: &active.config.guardrails,
         last_reload: router.reload_status(),
     }
 }
