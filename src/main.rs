@@ -53,6 +53,17 @@ enum Command {
         #[arg(long)]
         active: Option<PathBuf>,
     },
+    /// Print the experiment analysis of a running router (SRM, per-arm figures,
+    /// comparisons with intervals and verdicts). Exit status 0, or 3 when the SRM test
+    /// alarms or any comparison is `worse`.
+    Report {
+        /// The router's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Output format: text, json or markdown.
+        #[arg(long, default_value = "text")]
+        format: abgate_router::report::Format,
+    },
     /// Exit 0 if the URL answers 200 (for container health checks).
     Healthcheck {
         /// Health URL.
@@ -99,6 +110,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     single_threaded_forward_passes();
     init_logging();
+    if let Command::Report { url, format } = &cli.command {
+        return report(url, *format);
+    }
     let result: Result<(), String> = match cli.command {
         Command::Train { config } => abgate_model_server::train::TrainConfig::load(&config)
             .and_then(|c| {
@@ -128,12 +142,30 @@ fn main() -> ExitCode {
         Command::Up { config_dir } => runtime()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(up::run(config_dir))),
+        Command::Report { .. } => Ok(()),
         Command::Healthcheck { url } => runtime()
             .map_err(|e| e.to_string())
             .and_then(|rt| rt.block_on(up::probe(&url))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(url: &str, format: abgate_router::report::Format) -> ExitCode {
+    let fetched = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(abgate_router::report::fetch(url, format))
+            .map_err(|e| e.to_string())
+    });
+    match fetched {
+        Ok(report) => {
+            print!("{}", report.output);
+            ExitCode::from(report.exit_code)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
