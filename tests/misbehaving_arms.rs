@@ -73,7 +73,7 @@ fn plain(user: &str) -> Vec<u8> {
 fn misbehave(m: Misbehaviour) -> (Vec<u8>, Vec<u8>) {
     let body = answer("alice");
     let stray = plain("mallory");
-    let mut now = Vec::new();
+    let mut now: Vec<u8>;
     let mut later = Vec::new();
     match m {
         Misbehaviour::StrayResponse => {
@@ -85,8 +85,11 @@ fn misbehave(m: Misbehaviour) -> (Vec<u8>, Vec<u8>) {
             later = stray;
         }
         Misbehaviour::LongBody => {
-            now = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
-                .into_bytes();
+            now = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
             now.extend_from_slice(&stray);
         }
         Misbehaviour::ChunkWithoutCrlf => {
@@ -156,8 +159,9 @@ fn misbehave(m: Misbehaviour) -> (Vec<u8>, Vec<u8>) {
             .into_bytes();
         }
         Misbehaviour::SwitchingProtocols => {
-            now = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
-                .to_vec();
+            now =
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+                    .to_vec();
             now.extend_from_slice(&stray);
         }
     }
@@ -292,7 +296,10 @@ async fn ask(router: &str, user: &str, path: Path) -> (u16, String, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -325,14 +332,23 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
     .await;
     let (status, head, body) = ask(&router.url, "alice", path).await;
     let lower = head.to_ascii_lowercase();
-    assert!(!body.contains("mallory"), "{m:?}/{path:?}: alice got the stray: {body}");
+    assert!(
+        !body.contains("mallory"),
+        "{m:?}/{path:?}: alice got the stray: {body}"
+    );
     match m {
         Misbehaviour::ConnectionNamesTen => {
             assert_eq!(status, 200, "{m:?}/{path:?}");
             for i in 1..=10 {
-                assert!(!lower.contains(&format!("\na{i}:")), "{m:?}: a{i} leaked: {head}");
+                assert!(
+                    !lower.contains(&format!("\na{i}:")),
+                    "{m:?}: a{i} leaked: {head}"
+                );
             }
-            assert!(!lower.contains("x-secret"), "{m:?}: x-secret leaked: {head}");
+            assert!(
+                !lower.contains("x-secret"),
+                "{m:?}: x-secret leaked: {head}"
+            );
         }
         Misbehaviour::ProxyAuthenticate => {
             assert_eq!(status, 200);
@@ -363,7 +379,11 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
         let user = format!("user-{i}");
         let (status, _, body) = ask(&router.url, &user, path).await;
         assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
-        assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user} got another answer");
+        assert_eq!(
+            body,
+            answer(&user),
+            "{m:?}/{path:?}: {user} got another answer"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut concurrent = Vec::new();
@@ -377,7 +397,11 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
     for task in concurrent {
         let ((status, _, body), user) = task.await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
-        assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user} got another answer");
+        assert_eq!(
+            body,
+            answer(&user),
+            "{m:?}/{path:?}: {user} got another answer"
+        );
     }
     router.stop().await;
 }

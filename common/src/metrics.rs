@@ -21,8 +21,30 @@ pub const LATENCY_BUCKETS: [f64; 19] = [
     1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-/// The `endpoint` label value of `predictions_total`.
+/// The `endpoint` label value of `predictions_total` for `/predict`.
 pub const ENDPOINT_PREDICT: &str = "predict";
+/// The `endpoint` label value of `predictions_total` for the Open Inference
+/// Protocol's `/v2/models/{model}/infer`.
+pub const ENDPOINT_INFER: &str = "infer";
+
+/// Which prediction route a request came by (`predictions_total{endpoint}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /predict`.
+    Predict,
+    /// `POST /v2/models/{model}[/versions/{version}]/infer`.
+    Infer,
+}
+
+impl Endpoint {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Predict => ENDPOINT_PREDICT,
+            Endpoint::Infer => ENDPOINT_INFER,
+        }
+    }
+}
 
 /// The contract's families, registered in one registry with the process collector.
 #[derive(Clone)]
@@ -124,6 +146,9 @@ impl Metrics {
             predictions: self
                 .predictions
                 .with_label_values(&[ENDPOINT_PREDICT, variant]),
+            infers: self
+                .predictions
+                .with_label_values(&[ENDPOINT_INFER, variant]),
             duration: self.duration.with_label_values(&[variant]),
             errors: ErrorKind::ALL.map(|k| self.errors.with_label_values(&[variant, k.as_str()])),
             feedback: FeedbackType::ALL
@@ -153,6 +178,8 @@ pub struct ArmMetrics {
     variant: String,
     /// `predictions_total{endpoint="predict", variant}`.
     pub predictions: IntCounter,
+    /// `predictions_total{endpoint="infer", variant}`.
+    pub infers: IntCounter,
     /// `prediction_duration_seconds{variant}`.
     pub duration: Histogram,
     errors: [IntCounter; ErrorKind::ALL.len()],
@@ -163,6 +190,14 @@ impl ArmMetrics {
     /// The arm's name (the `variant` label).
     pub fn variant(&self) -> &str {
         &self.variant
+    }
+
+    /// Counts one prediction request that came by `endpoint`.
+    pub fn count(&self, endpoint: Endpoint) {
+        match endpoint {
+            Endpoint::Predict => self.predictions.inc(),
+            Endpoint::Infer => self.infers.inc(),
+        }
     }
 
     /// Counts one rejected or failed request.

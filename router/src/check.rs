@@ -74,6 +74,21 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
             arm.url
         );
     }
+    let shares = config.split().shares();
+    for shadow in &config.shadows {
+        let arm_share = config.arm_index(&shadow.of).map_or(0.0, |i| shares[i]);
+        let _ = writeln!(
+            out,
+            "  shadow {:<13} mirrors {:.3}% of {}'s users ({:.3}% of all users), tolerance {}, at most {} in flight  {}",
+            shadow.name,
+            shadow.sample * 100.0,
+            shadow.of,
+            shadow.sample * arm_share * 100.0,
+            shadow.tolerance,
+            shadow.max_in_flight,
+            shadow.url
+        );
+    }
     if let Some(active_path) = active {
         let old = RouterConfig::load(active_path)?;
         let moves = moves(&old, &config);
@@ -140,6 +155,21 @@ mod tests {
         let new = config("b", &[("best_model", 50.0), ("candidate_model", 50.0)]);
         let total: f64 = moves(&old, &new).iter().map(|m| m.share).sum();
         assert!((total - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_report_previews_which_arm_a_shadow_mirrors_and_how_many_users() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("r.toml");
+        let text = "listen = \"127.0.0.1:8080\"\n[experiment]\nsalt = \"s\"\n[[arms]]\nname = \"best_model\"\nurl = \"http://127.0.0.1:6001\"\nweight = 80\n[[arms]]\nname = \"candidate_model\"\nurl = \"http://127.0.0.1:6002\"\nweight = 20\n[[shadows]]\nname = \"shadow_model\"\nurl = \"http://127.0.0.1:6003\"\nof = \"best_model\"\nsample = 0.25\n";
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+        let report = run(&p, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            report.contains(
+                "shadow shadow_model  mirrors 25.000% of best_model's users (20.000% of all users)"
+            ),
+            "{report}"
+        );
     }
 
     #[test]

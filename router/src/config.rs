@@ -46,6 +46,8 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     guardrails: Vec<RawGuardrail>,
+    #[serde(default)]
+    shadows: Vec<RawShadow>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +80,22 @@ struct RawArm {
     name: String,
     url: String,
     weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    name: String,
+    url: String,
+    of: String,
+    sample: f64,
+    #[serde(default = "default_shadow_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_tolerance")]
+    tolerance: f64,
+    /// 0: the upstream request timeout.
+    #[serde(default)]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +200,12 @@ fn default_min_samples() -> u64 {
 fn default_user_sample_cap() -> usize {
     200_000
 }
+fn default_shadow_in_flight() -> usize {
+    64
+}
+fn default_tolerance() -> f64 {
+    0.1
+}
 
 /// A validated router configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +251,36 @@ pub struct RouterConfig {
     pub analysis: AnalysisConfig,
     /// `[[guardrails]]`, in file order.
     pub guardrails: Vec<GuardrailConfig>,
+    /// Shadow arms: models that answer a sample of an arm's traffic unseen.
+    pub shadows: Vec<ShadowConfig>,
+}
+
+/// One shadow arm (`[[shadows]]`): a model server that gets a copy of a sample of
+/// one arm's `/predict` traffic; its answers are compared, never returned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowConfig {
+    /// Shadow name (the `shadow` label).
+    pub name: String,
+    /// Base URL of its model server.
+    pub url: String,
+    /// The arm whose served users are mirrored.
+    pub of: String,
+    /// Share of that arm's users mirrored (0-1), by `XXH3_64(seed 2, key)`.
+    pub sample: f64,
+    /// Copies in flight beyond this are dropped (and counted).
+    pub max_in_flight: usize,
+    /// Two predictions agree when they differ by at most this much.
+    pub tolerance: f64,
+    /// Time the shadow has to answer a copy completely, in milliseconds.
+    #[serde(rename = "timeout_ms", serialize_with = "as_millis")]
+    pub timeout: Duration,
+    /// The shadow as an upstream (name, URL, authority) for the arm client.
+    #[serde(skip)]
+    pub upstream: ArmConfig,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Experiment analysis settings.
@@ -420,6 +474,8 @@ impl RouterConfig {
             )
             .map(|_| raw.health.healthy_threshold)?,
         };
+        let shadows = validate_shadows(raw.shadows, &arms, upstream.request_timeout)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         let analysis = AnalysisConfig {
             min_samples: raw.experiment.min_samples,
             user_sample_cap: raw.experiment.user_sample_cap,
@@ -476,8 +532,82 @@ impl RouterConfig {
             reload_poll: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
             analysis,
             guardrails,
+            shadows,
         })
     }
+}
+
+/// Validates `[[shadows]]` against the arms; errors are (key path, reason).
+fn validate_shadows(
+    raw: Vec<RawShadow>,
+    arms: &[ArmConfig],
+    request_timeout: Duration,
+) -> Result<Vec<ShadowConfig>, (String, String)> {
+    let mut shadows: Vec<ShadowConfig> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("shadows[{i}].{field}");
+        if !is_valid_name(&s.name) {
+            return Err((
+                key("name"),
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits and `_`",
+                    s.name
+                ),
+            ));
+        }
+        if shadows.iter().any(|o| o.name == s.name) || arms.iter().any(|a| a.name == s.name) {
+            return Err((
+                key("name"),
+                format!("{:?} is already the name of an arm or shadow", s.name),
+            ));
+        }
+        if !arms.iter().any(|a| a.name == s.of) {
+            let known: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+            return Err((
+                key("of"),
+                format!("{:?} is not an arm; arms are {}", s.of, known.join(", ")),
+            ));
+        }
+        if !(s.sample.is_finite() && (0.0..=1.0).contains(&s.sample)) {
+            return Err((
+                key("sample"),
+                format!("must be a share between 0 and 1, got {}", s.sample),
+            ));
+        }
+        if s.max_in_flight == 0 {
+            return Err((key("max_in_flight"), "must be at least 1".into()));
+        }
+        if !(s.tolerance.is_finite() && s.tolerance >= 0.0) {
+            return Err((
+                key("tolerance"),
+                format!("must be a number >= 0, got {}", s.tolerance),
+            ));
+        }
+        let (scheme, authority) = parse_base_url(&s.url)
+            .map_err(|reason| (key("url"), format!("{:?} {reason}", s.url)))?;
+        let url = s.url.trim_end_matches('/').to_string();
+        shadows.push(ShadowConfig {
+            upstream: ArmConfig {
+                name: s.name.clone(),
+                url: url.clone(),
+                weight: 0.0,
+                scheme,
+                authority,
+            },
+            name: s.name,
+            url,
+            of: s.of,
+            sample: s.sample,
+            max_in_flight: s.max_in_flight,
+            tolerance: s.tolerance,
+            timeout: if s.timeout_ms == 0 {
+                request_timeout
+            } else {
+                Duration::from_millis(s.timeout_ms)
+            },
+        });
+    }
+    Ok(shadows)
 }
 
 /// `experiment.audit_log` resolved against the config file's directory.
@@ -577,9 +707,7 @@ fn validate_guardrails(
 
 /// Arm names appear in labels, headers and prediction ids: keep them simple.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    abgate_common::config::is_valid_arm_name(name)
 }
 
 fn parse_base_url(url: &str) -> Result<(Scheme, Authority), String> {
@@ -760,6 +888,55 @@ token = "s3cret"
     fn a_wrong_type_is_rejected_with_its_path() {
         let err = parse(&replace("weight = 10", "weight = \"ten\"")).unwrap_err();
         assert!(err.contains("key `arms.1.weight`"), "{err}");
+    }
+
+    const SHADOW: &str = "\n[[shadows]]\nname = \"shadow_model\"\nurl = \"http://127.0.0.1:6003/\"\nof = \"best_model\"\nsample = 0.25\n";
+
+    #[test]
+    fn a_shadow_loads_with_its_defaults() {
+        let c = parse(&format!("{VALID}{SHADOW}")).unwrap_or_else(|e| panic!("{e}"));
+        let s = &c.shadows[0];
+        assert_eq!(
+            (s.name.as_str(), s.of.as_str()),
+            ("shadow_model", "best_model")
+        );
+        assert_eq!(s.url, "http://127.0.0.1:6003");
+        assert_eq!(s.upstream.authority.as_str(), "127.0.0.1:6003");
+        assert_eq!(s.max_in_flight, 64);
+        assert_eq!(s.timeout, c.upstream.request_timeout);
+        assert!((s.sample - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bad_shadows_are_rejected_with_their_key_paths() {
+        for (from, to, key) in [
+            ("of = \"best_model\"", "of = \"nobody\"", "shadows[0].of"),
+            ("sample = 0.25", "sample = 1.5", "shadows[0].sample"),
+            (
+                "sample = 0.25",
+                "sample = 0.25\nmax_in_flight = 0",
+                "shadows[0].max_in_flight",
+            ),
+            (
+                "sample = 0.25",
+                "sample = 0.25\ntolerance = -1",
+                "shadows[0].tolerance",
+            ),
+            (
+                "name = \"shadow_model\"",
+                "name = \"best_model\"",
+                "shadows[0].name",
+            ),
+            ("http://127.0.0.1:6003/", "ftp://x", "shadows[0].url"),
+        ] {
+            let err = parse(&format!("{VALID}{}", SHADOW.replacen(from, to, 1))).unwrap_err();
+            assert!(
+                err.starts_with(&format!("router.toml: key `{key}`")),
+                "{to}: {err}"
+            );
+        }
+        let err = parse(&format!("{VALID}{SHADOW}sampel = 1\n")).unwrap_err();
+        assert!(err.contains("sampel"), "{err}");
     }
 
     const GUARDRAIL: &str = "\n[[guardrails]]\nname = \"candidate_errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.02\naction = \"rollback\"\n";

@@ -17,9 +17,13 @@
 //! * [`reload`] — live reload on file change and SIGHUP.
 //! * [`fastpath`] — the transport for the common `/predict` (no hyper);
 //!   [`service`] — the route table and the hyper transport; [`views`] — JSON views.
+//! * [`oip`] — the Open Inference Protocol at the router (infer assigned like
+//!   `/predict`, health answered here, metadata forwarded).
 //! * [`metrics`] — the router's metric families.
 //! * [`experiment`] — experiment analysis: per-phase statistics, SRM, comparisons,
 //!   guardrails (`GET /api/experiment`); [`report`] — `abgate report`.
+//! * [`shadow`] — shadow arms: a sample of an arm's traffic mirrored to a model no
+//!   user sees, the answers compared.
 //! * [`check`] — `abgate check`: validate a file and show who would move.
 //! * [`error`] — the error enum and its one mapping to HTTP.
 //!
@@ -36,11 +40,13 @@ pub mod fastpath;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod oip;
 pub mod policy;
 pub mod pool;
 pub mod reload;
 pub mod report;
 pub mod service;
+pub mod shadow;
 pub mod state;
 pub mod status_page;
 pub mod upstream;

@@ -4,6 +4,7 @@
 //! and which router headers it carries. The fast path ([`crate::fastpath`]) and the
 //! hyper routes ([`crate::service`]) only move bytes and call these.
 
+pub use abgate_common::metrics::Endpoint;
 use abgate_common::{ApiError, ErrorKind, FeedbackType};
 use http::header::HeaderValue;
 use http::{HeaderMap, StatusCode};
@@ -32,6 +33,9 @@ pub struct Assignment {
     /// For a sticky user, `XXH3_64(seed 1, key)`: the user's identity in the
     /// experiment's user sample ([`crate::experiment::users`]).
     pub user: Option<u64>,
+    /// The route the prediction came by (`predictions_total{endpoint}`); the
+    /// transport sets it, assignment does not depend on it.
+    pub endpoint: Endpoint,
 }
 
 /// The sticky assignment of `key`, or a uniformly random one for an anonymous user.
@@ -53,6 +57,7 @@ pub fn assign_key(active: &Active, key: Option<&str>) -> Assignment {
         source,
         position,
         user,
+        endpoint: Endpoint::Predict,
     }
 }
 
@@ -65,6 +70,7 @@ pub fn assign(active: &Active, headers: &HeaderMap, body: &[u8]) -> Result<Assig
             source: Source::Override,
             position: 0.0,
             user: None,
+            endpoint: Endpoint::Predict,
         });
     }
     Ok(assign_key(active, user_key(headers, body).as_deref()))
@@ -145,6 +151,14 @@ pub fn serving_arm(active: &Active, assigned: &Assignment) -> Result<usize, Rout
     }
     pick_among(&active.weights, &active.healthy(), assigned.position)
         .ok_or_else(|| RouterError::NoHealthyArm("no arm is healthy".into()))
+}
+
+/// The arm that answers a metadata request: the user's own arm when it is up, else
+/// the first healthy arm in config order.
+pub fn metadata_arm(active: &Active, key: Option<&str>) -> Option<usize> {
+    let own = key.map(|k| assign_key(active, Some(k)).arm);
+    own.filter(|&a| active.arms[a].health.is_up())
+        .or_else(|| active.arms.iter().position(|a| a.health.is_up()))
 }
 
 /// Where a failed `/predict` attempt on `serving` is tried again, if anywhere.
@@ -285,7 +299,7 @@ pub fn record_prediction(
 ) {
     let arm = serving.unwrap_or(assigned.arm);
     let series = &active.arms[arm].series.common;
-    series.predictions.inc();
+    series.count(assigned.endpoint);
     let status = match answer {
         Answer::Arm {
             error: Some(kind),
@@ -309,6 +323,17 @@ pub fn record_prediction(
     active
         .phase
         .record_response(arm, user, status.as_u16(), elapsed);
+}
+
+/// The body of the router's own error answer to a request that came by `endpoint`:
+/// the API's `{"error": {"type", "message"}}`, or the protocol's `{"error": "..."}`.
+pub fn error_body(err: &ApiError, endpoint: Endpoint) -> Vec<u8> {
+    match endpoint {
+        Endpoint::Predict => err.to_json(),
+        Endpoint::Infer => serde_json::json!({ "error": err.message })
+            .to_string()
+            .into_bytes(),
+    }
 }
 
 /// Records an error that happened before any arm was chosen (bad request, overload).

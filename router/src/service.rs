@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::error::RouterError;
 use crate::headers::{request_id_or_new, ASSIGNED_VARIANT, REQUEST_ID, VARIANT};
-use crate::policy::{self, Answer, Assignment};
+use crate::policy::{self, Answer, Assignment, Endpoint};
 use crate::state::{Active, Router};
 use crate::upstream::h1::{self, Tags};
 use crate::upstream::relay::{relay, Relay, Sink};
@@ -42,10 +42,11 @@ enum Target {
     Summary,
     Config,
     Experiment,
+    Shadows,
     StatusPage,
 }
 
-const ROUTES: [Route<Target>; 8] = [
+const ROUTES: [Route<Target>; 9] = [
     Route {
         path: "/predict",
         method: Method::POST,
@@ -82,6 +83,11 @@ const ROUTES: [Route<Target>; 8] = [
         target: Target::Experiment,
     },
     Route {
+        path: "/api/shadows",
+        method: Method::GET,
+        target: Target::Shadows,
+    },
+    Route {
         path: "/",
         method: Method::GET,
         target: Target::StatusPage,
@@ -105,8 +111,25 @@ pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<Rou
 
 /// Answers and counts an error that happened before any arm was chosen.
 fn reject_unassigned(router: &Router, err: &ApiError) -> Response<RouterBody> {
+    reject_unassigned_on(router, err, Endpoint::Predict)
+}
+
+/// [`reject_unassigned`] in the error shape of the request's protocol.
+fn reject_unassigned_on(
+    router: &Router,
+    err: &ApiError,
+    endpoint: Endpoint,
+) -> Response<RouterBody> {
     policy::record_unassigned(router, err.kind);
-    error_response(err)
+    error_response_on(err, endpoint)
+}
+
+/// The router's error answer in the shape of the request's protocol.
+fn error_response_on(err: &ApiError, endpoint: Endpoint) -> Response<RouterBody> {
+    match endpoint {
+        Endpoint::Predict => error_response(err),
+        Endpoint::Infer => abgate_common::oip::error_response(err),
+    }
 }
 
 async fn route(
@@ -115,6 +138,9 @@ async fn route(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<RouterBody> {
+    if abgate_common::oip::is_oip(req.uri().path()) {
+        return crate::oip::route(router, active, req, request_id).await;
+    }
     let found = find_route(&ROUTES, req.uri().path(), req.method(), "try POST /predict");
     let route = match found {
         Ok(route) => route,
@@ -124,7 +150,7 @@ async fn route(
         }
     };
     match route.target {
-        Target::Predict => predict(router, active, req, request_id).await,
+        Target::Predict => predict(router, active, req, request_id, Endpoint::Predict).await,
         Target::Feedback => feedback(router, active, req, request_id).await,
         Target::Metrics => {
             router.experiment.refresh(active);
@@ -134,12 +160,13 @@ async fn route(
         Target::Health => views::health(router, active),
         Target::Summary => json_response(StatusCode::OK, &views::summary(active, router)),
         Target::Config => json_response(StatusCode::OK, &views::config_view(router, active)),
+        Target::Shadows => json_response(StatusCode::OK, &crate::shadow::view(router, active)),
         Target::StatusPage => crate::status_page::response(),
     }
 }
 
 /// An arm's answer, read whole.
-struct Buffered {
+pub(crate) struct Buffered {
     status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
@@ -147,7 +174,7 @@ struct Buffered {
 
 /// One exchange with `arm` for a request hyper received: the request written by the
 /// one codec, the answer read whole by its framing.
-async fn exchange(
+pub(crate) async fn exchange(
     active: &Active,
     arm: usize,
     method: &Method,
@@ -234,7 +261,11 @@ impl policy::Attempt for HyperAttempt<'_> {
 
 /// The client's response for an arm's answer, or the router's error, with the
 /// router's headers.
-fn respond(result: Result<Buffered, ApiError>, tags: &Tags<'_>) -> Response<RouterBody> {
+pub(crate) fn respond(
+    result: Result<Buffered, ApiError>,
+    tags: &Tags<'_>,
+    endpoint: Endpoint,
+) -> Response<RouterBody> {
     let mut response = match result {
         Ok(answer) => {
             let mut response = Response::new(Full::new(Bytes::from(answer.body)));
@@ -242,7 +273,7 @@ fn respond(result: Result<Buffered, ApiError>, tags: &Tags<'_>) -> Response<Rout
             *response.headers_mut() = answer.headers;
             response
         }
-        Err(err) => error_response(&err),
+        Err(err) => error_response_on(&err, endpoint),
     };
     let headers = response.headers_mut();
     for (name, value) in [(VARIANT, tags.variant), (ASSIGNED_VARIANT, tags.assigned)] {
@@ -268,23 +299,31 @@ fn answer_of(result: &Result<Buffered, ApiError>) -> Answer {
     }
 }
 
-async fn predict(
+/// A prediction through hyper: `/predict`, or the protocol's `infer` (whose body may
+/// be binary tensors, so its sticky key comes from `X-User-Id` only).
+pub(crate) async fn predict(
     router: &Arc<Router>,
     active: &Arc<Active>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    endpoint: Endpoint,
 ) -> Response<RouterBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let limit = active.config.body_limit_bytes;
     let body = match read_body(&parts.headers, body, limit, active.config.body_timeout).await {
         Ok(b) => b,
-        Err(e) => return reject_unassigned(router, &e),
+        Err(e) => return reject_unassigned_on(router, &e, endpoint),
     };
-    let assigned: Assignment = match policy::assign(active, &parts.headers, &body) {
+    let keyed_body: &[u8] = match endpoint {
+        Endpoint::Predict => &body,
+        Endpoint::Infer => &[],
+    };
+    let mut assigned: Assignment = match policy::assign(active, &parts.headers, keyed_body) {
         Ok(a) => a,
-        Err(e) => return reject_unassigned(router, &e),
+        Err(e) => return reject_unassigned_on(router, &e, endpoint),
     };
+    assigned.endpoint = endpoint;
     let mut transport = HyperAttempt {
         active,
         uri: &parts.uri,
@@ -313,7 +352,35 @@ async fn predict(
         request_id.as_bytes(),
         false,
     );
-    respond(result, &tags)
+    let mirrored = result.as_ref().ok().filter(|a| a.status.is_success());
+    if let Some(answer) = mirrored.filter(|_| !active.shadows.is_empty()) {
+        // Shadow traffic: the copy is sent on its own task once this one answers.
+        let key = policy::user_key(&parts.headers, &body);
+        let pairs: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        crate::shadow::mirror(
+            active,
+            forwarded.serving,
+            assigned.source,
+            key.as_deref(),
+            crate::shadow::Mirrored {
+                path: parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+                headers: pairs.iter().copied(),
+                request_id: request_id.as_bytes(),
+                body: &body,
+                primary: &answer.body,
+                primary_elapsed: started.elapsed(),
+            },
+        );
+    }
+    respond(result, &tags, endpoint)
 }
 
 async fn feedback(
@@ -358,7 +425,7 @@ async fn feedback(
         reply.as_ref(),
     );
     let tags = policy::tags(active, Some(target), target, request_id.as_bytes(), false);
-    respond(result, &tags)
+    respond(result, &tags, Endpoint::Predict)
 }
 
 /// Whether a path is one of the router's routes (for tests and `check`).

@@ -51,6 +51,8 @@ pub struct Active {
     /// The experiment phase its requests are recorded in (shared by consecutive
     /// versions with the same salt, arms and weights).
     pub phase: Arc<Phase>,
+    /// Shadow arms in config order.
+    pub shadows: Vec<crate::shadow::ActiveShadow>,
 }
 
 impl Active {
@@ -135,6 +137,7 @@ impl Router {
                 hash: String::new(),
                 applied_at: 0.0,
                 phase: Arc::new(Phase::new(0, 0.0, "", Vec::new(), Vec::new(), 1)),
+                shadows: Vec::new(),
             }),
             metrics,
             health: Mutex::new(HashMap::new()),
@@ -214,7 +217,9 @@ impl Router {
                 self.metrics.forget_arm(&old.config.name);
             }
         }
+        let shadows = crate::shadow::build(&self.metrics, &previous.shadows, &config);
         self.active.store(Arc::new(Active {
+            shadows,
             weights: config.weights(),
             split,
             arms,

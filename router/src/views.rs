@@ -118,6 +118,7 @@ pub struct ConfigView<'a> {
     override_token_required: bool,
     analysis: &'a crate::config::AnalysisConfig,
     guardrails: &'a [crate::config::GuardrailConfig],
+    shadows: &'a [crate::config::ShadowConfig],
     last_reload: crate::state::ReloadStatus,
 }
 
@@ -145,6 +146,7 @@ pub fn config_view<'a>(router: &Router, active: &'a Active) -> ConfigView<'a> {
         override_token_required: active.config.override_.token.is_some(),
         analysis: &active.config.analysis,
         guardrails: &active.config.guardrails,
+        shadows: &active.config.shadows,
         last_reload: router.reload_status(),
     }
 }

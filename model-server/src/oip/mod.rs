@@ -60,7 +60,7 @@ use response::{
 pub const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 
 /// The `endpoint` label of `predictions_total` for OIP infer requests.
-pub const ENDPOINT_INFER: &str = "infer";
+pub const ENDPOINT_INFER: &str = abgate_common::metrics::ENDPOINT_INFER;
 
 /// Answers a request whose path is under `/v2`.
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -24,6 +24,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use crate::error::RouterError;
 use crate::headers::new_request_id;
 use crate::policy::{self, Answer, Assignment, ARM_ERROR_BODY_LIMIT};
+use crate::shadow;
 use crate::state::{Active, Router};
 use crate::upstream::h1::{self, Framing, Tags};
 use crate::upstream::relay::{relay, Relay, Sink};
@@ -97,7 +98,8 @@ pub async fn serve_connection(
             return Handoff::Closed;
         }
         let key = std::str::from_utf8(&conn.buf[plan.user.clone()]).ok();
-        let assigned = policy::assign_key(&active, key);
+        let mut assigned = policy::assign_key(&active, key);
+        assigned.endpoint = plan.endpoint;
         match conn
             .forward(&mut client, &plan, &assigned, started, &active, &router)
             .await
@@ -159,8 +161,14 @@ impl Connection {
         let err = ApiError::new(kind, message);
         policy::record_unassigned(router, kind);
         let id = new_request_id();
-        self.answer_and_linger(client, active, &err, id.as_bytes())
-            .await;
+        self.answer_and_linger(
+            client,
+            active,
+            &err,
+            id.as_bytes(),
+            policy::Endpoint::Predict,
+        )
+        .await;
     }
 
     /// Writes a complete error answer with `Connection: close`, then reads and drops
@@ -172,6 +180,7 @@ impl Connection {
         active: &Active,
         err: &ApiError,
         request_id: &[u8],
+        endpoint: policy::Endpoint,
     ) {
         self.head.clear();
         let tags = Tags {
@@ -180,7 +189,12 @@ impl Connection {
             request_id,
             close: true,
         };
-        h1::write_error(&mut self.head, err, &tags);
+        h1::write_error(
+            &mut self.head,
+            err,
+            &policy::error_body(err, endpoint),
+            &tags,
+        );
         let sent = timeout(active.config.send_timeout, client.write_all(&self.head)).await;
         if matches!(sent, Ok(Ok(()))) && client.shutdown().await.is_ok() {
             linger(client, active.config.linger).await;
@@ -214,7 +228,8 @@ impl Connection {
                     );
                     policy::record_unassigned(router, err.kind);
                     let id = std::mem::take(&mut self.request_id);
-                    self.answer_and_linger(client, active, &err, &id).await;
+                    self.answer_and_linger(client, active, &err, &id, plan.endpoint)
+                        .await;
                     return false;
                 }
             }
@@ -260,7 +275,7 @@ impl Connection {
                 let err = e.to_api();
                 let answer = Answer::Router(err.kind);
                 policy::record_prediction(router, active, assigned, serving, answer, started);
-                h1::write_error(head, &err, &tags);
+                h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
                 let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
                 return match sent {
                     Ok(Ok(())) => Ok(!plan.close),
@@ -287,6 +302,67 @@ impl Connection {
             status: response.status,
             error,
         };
+        // Shadow traffic (crate::shadow): a user sampled for a shadow of the serving arm
+        // has the arm's body read whole, written with its length, then mirrored. Every
+        // other request takes the streaming relay below, unchanged.
+        let key = || std::str::from_utf8(&buf[plan.user.clone()]).ok();
+        if error.is_none()
+            && !active.shadows.is_empty()
+            && shadow::wanted(active, serving, assigned.source, key())
+        {
+            let mut body = Vec::new();
+            let mut sink = Sink::Buffer {
+                body: &mut body,
+                limit: shadow::ANSWER_LIMIT,
+            };
+            let reason = match relay(&mut upstream, response.framing, &mut sink, deadline).await {
+                Relay::Done => {
+                    release(upstream, &response, settings);
+                    h1::write_status_line(head, response.status);
+                    head.extend_from_slice(kept);
+                    let framing = Framing::Length(body.len());
+                    h1::end_client_head(head, response.status, framing, &tags);
+                    head.extend_from_slice(&body);
+                    let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
+                    policy::record_prediction(router, active, assigned, serving, answered, started);
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return Err(ClientGone);
+                    }
+                    let request = shadow::Mirrored {
+                        path: &buf[plan.path.clone()],
+                        headers: plan
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
+                        request_id,
+                        body: &buf[plan.head_len..plan.head_len + plan.body_len],
+                        primary: &body,
+                        primary_elapsed: started.elapsed(),
+                    };
+                    shadow::mirror(active, serving, assigned.source, key(), request);
+                    return Ok(!plan.close);
+                }
+                Relay::UpstreamFailed { reason, .. } => reason,
+                Relay::TooLarge | Relay::ClientGone => "the answer is too large to mirror",
+            };
+            // Nothing reached the client yet: a 502, as from any broken arm.
+            let err = RouterError::Broken {
+                arm: active.arms[serving.unwrap_or(assigned.arm)]
+                    .config
+                    .name
+                    .clone(),
+                reason: reason.to_string(),
+            }
+            .to_api();
+            let answer = Answer::Router(err.kind);
+            policy::record_prediction(router, active, assigned, serving, answer, started);
+            h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
+            let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
+            return match sent {
+                Ok(Ok(())) => Ok(!plan.close),
+                _ => Err(ClientGone),
+            };
+        }
         h1::write_status_line(head, response.status);
         head.extend_from_slice(kept);
         h1::end_client_head(head, response.status, response.framing, &tags);
@@ -320,7 +396,7 @@ impl Connection {
                     return Ok(false);
                 }
                 head.clear();
-                h1::write_error(head, &err, &tags);
+                h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
                 let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
                 match sent {
                     Ok(Ok(())) => Ok(!plan.close),

@@ -3,6 +3,7 @@
 //! which go to hyper, which are refused outright; and where, in the buffered bytes,
 //! the pieces forwarding needs are.
 
+use abgate_common::metrics::Endpoint;
 use abgate_common::ErrorKind;
 use std::ops::Range;
 
@@ -24,8 +25,10 @@ pub enum Inspection {
     Fast(Plan),
 }
 
-/// A `/predict` request the fast path serves; ranges index the connection's buffer.
+/// A prediction request the fast path serves; ranges index the connection's buffer.
 pub struct Plan {
+    /// `/predict` or the protocol's `infer`.
+    pub endpoint: Endpoint,
     /// Bytes of the head.
     pub head_len: usize,
     /// Bytes of the body that follows.
@@ -40,6 +43,21 @@ pub struct Plan {
     pub request_id: Option<Range<usize>>,
     /// Every header line (name, value).
     pub headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// The prediction route a request target names: `/predict`, or an Open Inference
+/// Protocol `infer` path (`/v2/models/{model}[/versions/{version}]/infer`).
+pub fn prediction_endpoint(target: &str) -> Option<Endpoint> {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path == "/predict" {
+        return Some(Endpoint::Predict);
+    }
+    match abgate_common::oip::parse(path) {
+        Some(route) if route.endpoint == abgate_common::oip::Endpoint::Infer => {
+            Some(Endpoint::Infer)
+        }
+        _ => None,
+    }
 }
 
 /// `HeaderValue::to_str`'s rule: visible ASCII, space and tab.
@@ -67,8 +85,10 @@ pub fn inspect(buf: &[u8], max_head_bytes: usize, body_limit: usize) -> Inspecti
         Err(_) => return Inspection::Reject(ErrorKind::MalformedRequest),
     };
     let path = req.path.unwrap_or("");
-    let on_predict = path == "/predict" || path.starts_with("/predict?");
-    if req.method != Some("POST") || req.version != Some(1) || !on_predict {
+    let Some(endpoint) = prediction_endpoint(path) else {
+        return Inspection::Hyper;
+    };
+    if req.method != Some("POST") || req.version != Some(1) {
         return Inspection::Hyper;
     }
     let path = span(buf, path.as_bytes());
@@ -121,6 +141,7 @@ pub fn inspect(buf: &[u8], max_head_bytes: usize, body_limit: usize) -> Inspecti
         return Inspection::Hyper;
     };
     Inspection::Fast(Plan {
+        endpoint,
         head_len,
         body_len,
         close: connection.close,
@@ -158,6 +179,10 @@ mod tests {
             ("GET /predict HTTP/1.1\r\nx-user-id: u1\r\n\r\n", "hyper"),
             ("POST /feedback HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
             ("POST /predictx HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /v2/models/wine-quality/infer HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "fast"),
+            ("POST /v2/models/wine-quality/versions/1/infer HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "fast"),
+            ("POST /v2/models/wine-quality/ready HTTP/1.1\r\nx-user-id: u1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
+            ("POST /v2/models/wine-quality/infer HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
             // The user id is in the body: hyper's path parses it.
             ("POST /predict HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}", "hyper"),
             ("POST /predict HTTP/1.1\r\nx-user-id: \r\ncontent-length: 2\r\n\r\n{}", "hyper"),

@@ -227,10 +227,10 @@ pub fn end_client_head(out: &mut Vec<u8>, status: StatusCode, framing: Framing, 
     out.extend_from_slice(b"\r\n");
 }
 
-/// The router's own JSON error answer, complete, into `out`.
-pub fn write_error(out: &mut Vec<u8>, err: &ApiError, tags: &Tags<'_>) {
+/// The router's own JSON error answer, complete, into `out` (`body` is the error in
+/// the shape of the request's protocol, see [`crate::policy::error_body`]).
+pub fn write_error(out: &mut Vec<u8>, err: &ApiError, body: &[u8], tags: &Tags<'_>) {
     let status = err.kind.status();
-    let body = err.to_json();
     write_status_line(out, status);
     let _ = write!(
         out,
@@ -239,7 +239,7 @@ pub fn write_error(out: &mut Vec<u8>, err: &ApiError, tags: &Tags<'_>) {
     );
     tags.write(out);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }
 
 /// One step of decoding a chunked body from the front of a buffer.

@@ -1,0 +1,357 @@
+//! Shadow arms: a sample of one arm's served `/predict` users is mirrored to a model
+//! no user sees, and the two answers are compared. The copy goes out on a task of its
+//! own, after the client's answer, so the client never waits on the shadow and never
+//! sees what it does; at most `max_in_flight` copies per shadow are in flight (the
+//! rest are dropped and counted), each within the shadow's own timeout.
+//!
+//! Both transports call [`wanted`] (cheap, pure) and [`mirror`] (after the answer).
+
+pub mod compare;
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::config::{ArmConfig, RouterConfig, ShadowConfig, UpstreamConfig};
+use crate::metrics::{RouterMetrics, ShadowResult, ShadowSeries, Source};
+use crate::state::{Active, Router};
+use crate::upstream::h1;
+use crate::upstream::relay::{relay, Relay, Sink};
+use crate::upstream::{self, release};
+
+pub use compare::sampled;
+
+/// A shadow's answer (and a primary answer read whole to mirror) is read up to this
+/// size.
+pub const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The header marking a mirrored request.
+const SHADOW_HEADER: &[u8] = b"x-shadow";
+
+/// What outlives a reload of one shadow: the in-flight count (so the bound holds
+/// across versions) and the primary's latency on mirrored requests.
+#[derive(Default)]
+pub struct ShadowStats {
+    in_flight: AtomicUsize,
+    primary_micros: AtomicU64,
+    primary_count: AtomicU64,
+}
+
+/// One shadow of the active configuration.
+pub struct ActiveShadow {
+    /// Its configuration.
+    pub config: ShadowConfig,
+    /// Index of the arm it mirrors.
+    pub of: usize,
+    /// Its pre-resolved series.
+    pub series: ShadowSeries,
+    /// State shared across reloads.
+    pub stats: Arc<ShadowStats>,
+    /// Upstream settings of its copies (its own timeout).
+    settings: UpstreamConfig,
+}
+
+/// The shadows of `config`, keeping the shared state of those `previous` had.
+pub fn build(
+    metrics: &RouterMetrics,
+    previous: &[ActiveShadow],
+    config: &RouterConfig,
+) -> Vec<ActiveShadow> {
+    config
+        .shadows
+        .iter()
+        .filter_map(|s| {
+            let of = config.arm_index(&s.of)?;
+            let stats = previous
+                .iter()
+                .find(|p| p.config.name == s.name)
+                .map_or_else(Arc::default, |p| Arc::clone(&p.stats));
+            let mut settings = config.upstream.clone();
+            settings.request_timeout = s.timeout;
+            settings.connect_timeout = settings.connect_timeout.min(s.timeout);
+            Some(ActiveShadow {
+                config: s.clone(),
+                of,
+                series: metrics.shadow(&s.name),
+                stats,
+                settings,
+            })
+        })
+        .collect()
+}
+
+/// Whether a request answered by arm `served` is mirrored to any shadow: a sticky
+/// key sampled by a shadow of that arm. Free when no shadow is configured.
+pub fn wanted(active: &Active, served: Option<usize>, source: Source, key: Option<&str>) -> bool {
+    if active.shadows.is_empty() {
+        return false;
+    }
+    match (served, key) {
+        (Some(served), Some(key)) if source == Source::Sticky => active
+            .shadows
+            .iter()
+            .any(|s| s.of == served && sampled(key, s.config.sample)),
+        _ => false,
+    }
+}
+
+/// A request to mirror, as the transport received it.
+pub struct Mirrored<'a, H> {
+    /// Request target (`/predict`, perhaps with a query).
+    pub path: &'a [u8],
+    /// The client's headers (hop-by-hop ones are dropped on the way).
+    pub headers: H,
+    /// The request id the primary got.
+    pub request_id: &'a [u8],
+    /// The request body.
+    pub body: &'a [u8],
+    /// The primary's (2xx) answer body, as the client got it.
+    pub primary: &'a [u8],
+    /// How long the primary took, from request start to answer.
+    pub primary_elapsed: Duration,
+}
+
+/// Mirrors a request served by arm `served` to every shadow of that arm that samples
+/// `key`: each copy (with `X-Shadow: 1` and the same `X-Request-Id`) is sent on a task
+/// of this worker's runtime, compared and counted there; nothing is awaited here.
+pub fn mirror<'h, H>(
+    active: &Active,
+    served: Option<usize>,
+    source: Source,
+    key: Option<&str>,
+    request: Mirrored<'_, H>,
+) where
+    H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    if !wanted(active, served, source, key) || !is_predict(request.path) {
+        return;
+    }
+    let (Some(served), Some(key)) = (served, key) else {
+        return;
+    };
+    let mut primary: Option<Arc<[u8]>> = None;
+    for shadow in &active.shadows {
+        if shadow.of != served || !sampled(key, shadow.config.sample) {
+            continue;
+        }
+        let Some(slot) = InFlight::take(&shadow.stats, shadow.config.max_in_flight) else {
+            shadow.series.result(ShadowResult::Dropped);
+            continue;
+        };
+        let primary = Arc::clone(primary.get_or_insert_with(|| Arc::from(request.primary)));
+        let mut out = Vec::with_capacity(1024 + request.body.len());
+        let headers = request
+            .headers
+            .clone()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(SHADOW_HEADER))
+            .chain(std::iter::once((SHADOW_HEADER, &b"1"[..])));
+        h1::write_request_head(
+            &mut out,
+            "POST",
+            request.path,
+            shadow.config.upstream.authority.as_str(),
+            headers,
+            request.request_id,
+            request.body.len(),
+        );
+        out.extend_from_slice(request.body);
+        let copy = Copy {
+            arm: shadow.config.upstream.clone(),
+            settings: shadow.settings.clone(),
+            series: shadow.series.clone(),
+            tolerance: shadow.config.tolerance,
+            stats: Arc::clone(&shadow.stats),
+            primary_elapsed: request.primary_elapsed,
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            copy.run(&out, &primary).await;
+        });
+    }
+}
+
+fn is_predict(path: &[u8]) -> bool {
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    path == b"/predict"
+}
+
+/// A slot among a shadow's copies in flight, released on drop (also when the task is
+/// cancelled at shutdown).
+struct InFlight(Arc<ShadowStats>);
+
+impl InFlight {
+    fn take(stats: &Arc<ShadowStats>, max: usize) -> Option<InFlight> {
+        let previous = stats.in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = InFlight(Arc::clone(stats));
+        (previous < max).then_some(slot)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything a copy's task owns.
+struct Copy {
+    arm: ArmConfig,
+    settings: UpstreamConfig,
+    series: ShadowSeries,
+    tolerance: f64,
+    stats: Arc<ShadowStats>,
+    primary_elapsed: Duration,
+}
+
+impl Copy {
+    async fn run(self, request: &[u8], primary: &[u8]) {
+        let started = Instant::now();
+        let within = self.settings.request_timeout;
+        let answer = tokio::time::timeout(within, self.exchange(request, started + within)).await;
+        self.series
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let body = match answer {
+            Ok(Some(body)) => body,
+            _ => return self.series.result(ShadowResult::ShadowError),
+        };
+        let Some(diffs) = compare::differences(primary, &body) else {
+            return self.series.result(ShadowResult::Unparseable);
+        };
+        for d in diffs {
+            self.series.difference.observe(d);
+            if d <= self.tolerance {
+                self.series.agree.inc();
+            } else {
+                self.series.disagree.inc();
+            }
+        }
+        let micros = u64::try_from(self.primary_elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.stats
+            .primary_micros
+            .fetch_add(micros, Ordering::Relaxed);
+        self.stats.primary_count.fetch_add(1, Ordering::Relaxed);
+        self.series.result(ShadowResult::Compared);
+    }
+
+    /// The shadow's 2xx answer body, or `None` for any failure.
+    async fn exchange(&self, request: &[u8], deadline: Instant) -> Option<Vec<u8>> {
+        let (mut upstream, head) =
+            upstream::exchange(&self.arm, &self.settings, request, |_, _| {})
+                .await
+                .map_err(|e| tracing::debug!(shadow = %self.arm.name, error = %e, "shadow failed"))
+                .ok()?;
+        let mut body = Vec::new();
+        let mut sink = Sink::Buffer {
+            body: &mut body,
+            limit: ANSWER_LIMIT,
+        };
+        match relay(&mut upstream, head.framing, &mut sink, deadline).await {
+            Relay::Done => release(upstream, &head, &self.settings),
+            _ => return None,
+        }
+        head.status.is_success().then_some(body)
+    }
+}
+
+/// `/api/shadows`: every shadow's figures.
+#[derive(Serialize)]
+pub struct ShadowsView {
+    shadows: Vec<ShadowView>,
+}
+
+/// Quantiles and mean of the absolute differences (`null` before any comparison).
+#[derive(Serialize)]
+struct Difference {
+    mean: Option<f64>,
+    p50: Option<f64>,
+    p90: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ShadowView {
+    name: String,
+    of: String,
+    url: String,
+    sample: f64,
+    tolerance: f64,
+    max_in_flight: usize,
+    in_flight: usize,
+    compared: u64,
+    shadow_errors: u64,
+    dropped: u64,
+    unparseable: u64,
+    agreements: u64,
+    disagreements: u64,
+    /// Share of compared predictions within the tolerance.
+    agreement_share: Option<f64>,
+    absolute_difference: Difference,
+    /// Mean time of the shadow's answers.
+    shadow_latency_seconds: Option<f64>,
+    /// Mean time of the primary's answers to the same (compared) requests.
+    primary_latency_seconds: Option<f64>,
+}
+
+/// The figures of the active shadows.
+pub fn view(_router: &Router, active: &Active) -> ShadowsView {
+    ShadowsView {
+        shadows: active.shadows.iter().map(shadow_view).collect(),
+    }
+}
+
+fn shadow_view(s: &ActiveShadow) -> ShadowView {
+    use prometheus::core::Collector;
+    let series = &s.series;
+    let (agree, disagree) = (series.agree.get(), series.disagree.get());
+    let total = agree + disagree;
+    let h = &series.difference;
+    let buckets: Vec<(f64, u64)> = h
+        .collect()
+        .first()
+        .and_then(|mf| mf.get_metric().first())
+        .map(|m| {
+            m.get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let n = h.get_sample_count();
+    let quantile = |q| abgate_common::metrics::quantile(q, &buckets, n);
+    let mean = |sum: f64, count: u64| (count > 0).then(|| sum / count as f64);
+    let primary_count = s.stats.primary_count.load(Ordering::Relaxed);
+    let primary_micros = s.stats.primary_micros.load(Ordering::Relaxed);
+    ShadowView {
+        name: s.config.name.clone(),
+        of: s.config.of.clone(),
+        url: s.config.url.clone(),
+        sample: s.config.sample,
+        tolerance: s.config.tolerance,
+        max_in_flight: s.config.max_in_flight,
+        in_flight: s
+            .stats
+            .in_flight
+            .load(Ordering::Relaxed)
+            .min(s.config.max_in_flight),
+        compared: series.count(ShadowResult::Compared),
+        shadow_errors: series.count(ShadowResult::ShadowError),
+        dropped: series.count(ShadowResult::Dropped),
+        unparseable: series.count(ShadowResult::Unparseable),
+        agreements: agree,
+        disagreements: disagree,
+        agreement_share: mean(agree as f64, total),
+        absolute_difference: Difference {
+            mean: mean(h.get_sample_sum(), n),
+            p50: quantile(0.5),
+            p90: quantile(0.9),
+        },
+        shadow_latency_seconds: mean(
+            series.duration.get_sample_sum(),
+            series.duration.get_sample_count(),
+        ),
+        primary_latency_seconds: mean(primary_micros as f64 / 1e6, primary_count),
+    }
+}
