@@ -1,0 +1,478 @@
+//! Shadow arms over real model servers and misbehaving stubs: who is mirrored (the
+//! seed-2 hash of the key), what is compared (element-wise, the same sums as asking
+//! both arms directly), and that nothing a shadow does reaches the client.
+
+mod support;
+
+use abgate_common::client::HttpClient;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The contract's sampling rule, computed independently of the router.
+fn sampled(key: &str, sample: f64) -> bool {
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2);
+    (hash as f64) < sample * 18_446_744_073_709_551_616.0
+}
+
+/// A `/predict` body whose features vary with `i`, so predictions differ by user.
+fn body_for(i: usize) -> String {
+    let alcohol = 8.5 + (i % 60) as f64 * 0.1;
+    let sulphates = 0.4 + (i % 17) as f64 * 0.05;
+    let features = FEATURES
+        .replace("\"alcohol\": 9.4", &format!("\"alcohol\": {alcohol:.2}"))
+        .replace(
+            "\"sulphates\": 0.56",
+            &format!("\"sulphates\": {sulphates:.2}"),
+        );
+    format!("{{\"features\": {features}}}")
+}
+
+fn shadow_table(name: &str, url: &str, extra: &str) -> String {
+    format!("[[shadows]]\nname = \"{name}\"\nurl = \"{url}\"\nof = \"best_model\"\n{extra}\n")
+}
+
+async fn post(c: &HttpClient, url: &str, user: &str, body: String) -> abgate_common::client::Reply {
+    c.post_json(&format!("{url}/predict"), &[("x-user-id", user)], body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn predictions(reply: &abgate_common::client::Reply) -> Vec<f64> {
+    let v = reply.json();
+    match v.get("prediction").and_then(serde_json::Value::as_f64) {
+        Some(p) => vec![p],
+        None => v["predictions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no predictions: {}", reply.text()))
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect(),
+    }
+}
+
+fn histogram_sum(text: &str, name: &str, shadow: &str) -> f64 {
+    metric(text, &format!("{name}_sum"), &[("shadow", shadow)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_of_best_compares_half_its_users_with_the_sums_of_asking_both_arms_directly() {
+    let best = ArmProcess::start("best_model").await;
+    let candidate = ArmProcess::start("candidate_model").await;
+    let text = router_toml(
+        &[("best_model", &best.url, 100.0)],
+        "",
+        &shadow_table(
+            "candidate_model",
+            &candidate.url,
+            "sample = 0.5\ntolerance = 0.25",
+        ),
+    );
+    let router = RouterHandle::start(&text).await;
+    let c = client();
+    let n = 1_000;
+    let users: Vec<String> = (0..n).map(|i| format!("shadow-user-{i}")).collect();
+    // Eight clients at a time; every answer must come from best_model.
+    let mut tasks = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(n / 8) {
+        let (c, url, chunk) = (c.clone(), router.url.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for i in chunk {
+                let r = post(&c, &url, &format!("shadow-user-{i}"), body_for(i)).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                assert_eq!(r.header("x-variant"), Some("best_model"));
+                assert_eq!(r.json()["variant"], "best_model", "{}", r.text());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let expected: Vec<usize> = (0..n).filter(|i| sampled(&users[*i], 0.5)).collect();
+    let sigma = (n as f64 * 0.5 * 0.5).sqrt();
+    let want = expected.len() as f64;
+    eventually("every copy is compared", Duration::from_secs(20), || {
+        let (c, r) = (c.clone(), &router);
+        async move {
+            let m = r.metrics(&c).await;
+            metric(
+                &m,
+                "abgate_shadow_requests_total",
+                &[("shadow", "candidate_model")],
+            ) >= want
+        }
+    })
+    .await;
+    let m = router.metrics(&c).await;
+    let count = |result: &str| {
+        metric(
+            &m,
+            "abgate_shadow_requests_total",
+            &[("shadow", "candidate_model"), ("result", result)],
+        )
+    };
+    let compared = count("compared");
+    println!(
+        "compared {compared} of {n} (expected {want} by the hash, {} by the share, sigma {sigma:.1})",
+        n as f64 * 0.5
+    );
+    assert_eq!(
+        compared, want,
+        "the hash rule decides exactly who is mirrored"
+    );
+    assert!(
+        (compared - n as f64 * 0.5).abs() <= 4.0 * sigma,
+        "{compared}"
+    );
+    assert_eq!(
+        count("shadow_error") + count("dropped") + count("unparseable"),
+        0.0
+    );
+    // Ask both arms directly with the same bodies.
+    let mut direct = 0.0;
+    for &i in &expected {
+        let a = predictions(&post(&c, &best.url, &users[i], body_for(i)).await);
+        let b = predictions(&post(&c, &candidate.url, &users[i], body_for(i)).await);
+        direct += (a[0] - b[0]).abs();
+    }
+    let summed = histogram_sum(&m, "abgate_shadow_absolute_difference", "candidate_model");
+    println!(
+        "sum of |difference|: router {summed:.6}, direct {direct:.6}, mean {:.4}",
+        direct / want
+    );
+    assert!((summed - direct).abs() < 1e-4, "{summed} vs {direct}");
+    let agreements = metric(
+        &m,
+        "abgate_shadow_agreements_total",
+        &[("shadow", "candidate_model")],
+    );
+    assert_eq!(agreements, want);
+    let view = router.get_json(&c, "/api/shadows").await;
+    let s = &view["shadows"][0];
+    assert_eq!(s["name"], "candidate_model");
+    assert_eq!(s["of"], "best_model");
+    assert_eq!(s["compared"].as_f64(), Some(compared));
+    let share = s["agreement_share"].as_f64().unwrap_or(-1.0);
+    let p50 = s["absolute_difference"]["p50"].as_f64().unwrap_or(-1.0);
+    let p90 = s["absolute_difference"]["p90"].as_f64().unwrap_or(-1.0);
+    println!(
+        "agreement share {share:.3} (tolerance 0.25), |difference| p50 {p50:.4} p90 {p90:.4}, shadow latency {} s, primary {} s",
+        s["shadow_latency_seconds"], s["primary_latency_seconds"]
+    );
+    assert!((0.0..=1.0).contains(&share), "{view}");
+    assert!(0.0 <= p50 && p50 <= p90, "{view}");
+    assert!(s["shadow_latency_seconds"].as_f64().is_some(), "{view}");
+    assert!(s["primary_latency_seconds"].as_f64().is_some(), "{view}");
+    let config = router.get_json(&c, "/api/config").await;
+    assert_eq!(config["shadows"][0]["sample"], 0.5, "{config}");
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_requests_compare_element_wise() {
+    let best = ArmProcess::start("best_model").await;
+    let candidate = ArmProcess::start("candidate_model").await;
+    let text = router_toml(
+        &[("best_model", &best.url, 100.0)],
+        "",
+        &shadow_table(
+            "candidate_model",
+            &candidate.url,
+            "sample = 1.0\ntolerance = 0.0",
+        ),
+    );
+    let router = RouterHandle::start(&text).await;
+    let c = client();
+    let rows: Vec<String> = (0..5)
+        .map(|i| {
+            let b = body_for(i * 7);
+            b["{\"features\": ".len()..b.len() - 1].to_string()
+        })
+        .collect();
+    let batch = format!("{{\"instances\": [{}]}}", rows.join(", "));
+    let r = post(&c, &router.url, "batch-user", batch.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a = predictions(&r);
+    let b = predictions(&post(&c, &candidate.url, "batch-user", batch).await);
+    assert_eq!((a.len(), b.len()), (5, 5));
+    let direct: f64 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+    eventually("the batch is compared", Duration::from_secs(10), || {
+        let (c, r) = (c.clone(), &router);
+        async move {
+            let m = r.metrics(&c).await;
+            metric(
+                &m,
+                "abgate_shadow_requests_total",
+                &[("result", "compared")],
+            ) == 1.0
+        }
+    })
+    .await;
+    let m = router.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &m,
+            "abgate_shadow_absolute_difference_count",
+            &[("shadow", "candidate_model")]
+        ),
+        5.0,
+        "one difference per row"
+    );
+    let summed = histogram_sum(&m, "abgate_shadow_absolute_difference", "candidate_model");
+    assert!((summed - direct).abs() < 1e-4, "{summed} vs {direct}");
+    let agreed = metric(&m, "abgate_shadow_agreements_total", &[("agree", "true")]);
+    let disagreed = metric(&m, "abgate_shadow_agreements_total", &[("agree", "false")]);
+    assert_eq!(agreed + disagreed, 5.0);
+    router.stop().await;
+}
+
+/// A raw TCP shadow that misbehaves in one way, counting connections and keeping the
+/// first request head it reads.
+struct BadShadow {
+    url: String,
+    first_head: Arc<Mutex<Option<String>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// Accepts, reads, answers nothing for 10 s, then closes.
+    Stall,
+    /// Answers bytes that are not HTTP.
+    Garbage,
+    /// Answers a valid 200 whose JSON has no numeric prediction.
+    Nonsense,
+}
+
+impl BadShadow {
+    async fn start(how: Misbehaviour) -> BadShadow {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let first_head = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&first_head);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if let Ok(mut s) = seen.lock() {
+                            s.get_or_insert_with(|| {
+                                String::from_utf8_lossy(&buf[..n]).into_owned()
+                            });
+                        }
+                        match how {
+                            Misbehaviour::Stall => {
+                                tokio::time::sleep(Duration::from_secs(10)).await;
+                                return;
+                            }
+                            Misbehaviour::Garbage => {
+                                let _ = stream.write_all(b"\x00\xffnot http at all\r\n\r\n").await;
+                                return;
+                            }
+                            Misbehaviour::Nonsense => {
+                                // One write: a split answer would wait on delayed ACKs.
+                                let body = r#"{"prediction": "five", "variant": "nonsense"}"#;
+                                let answer = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                if stream.write_all(answer.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        BadShadow { url, first_head }
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+async fn timed_requests(c: &HttpClient, url: &str, from: usize, n: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(n);
+    for i in from..from + n {
+        let id = format!("shadow-req-{i}");
+        let started = Instant::now();
+        let r = c
+            .post_json(
+                &format!("{url}/predict"),
+                &[("x-user-id", &format!("user-{i}")), ("x-request-id", &id)],
+                body_for(i),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        latencies.push(started.elapsed());
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-variant"), Some("best_model"));
+        assert_eq!(r.json()["variant"], "best_model");
+    }
+    latencies.sort();
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_a_stalled_and_a_garbage_shadow_never_reach_the_client() {
+    let best = ArmProcess::start("best_model").await;
+    let stalled = BadShadow::start(Misbehaviour::Stall).await;
+    let garbage = BadShadow::start(Misbehaviour::Garbage).await;
+    let nonsense = BadShadow::start(Misbehaviour::Nonsense).await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let plain = router_toml(&[("best_model", &best.url, 100.0)], "", "");
+    let mut router = RouterProcess::start(&plain).await;
+    let c = client();
+    let baseline = timed_requests(&c, &router.url, 0, 200).await;
+    // Live reload adds the shadows: every user of best is mirrored to all four.
+    let shadows = [
+        shadow_table("dead", &dead, "sample = 1.0"),
+        shadow_table(
+            "stalled",
+            &stalled.url,
+            "sample = 1.0\nmax_in_flight = 4\ntimeout_ms = 20000",
+        ),
+        shadow_table("garbage", &garbage.url, "sample = 1.0"),
+        shadow_table("nonsense", &nonsense.url, "sample = 1.0"),
+    ]
+    .concat();
+    let on_disk = std::fs::read_to_string(&router.file).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&router.file, format!("{on_disk}{shadows}")).unwrap_or_else(|e| panic!("{e}"));
+    let url = router.url.clone();
+    eventually("the shadows are applied", Duration::from_secs(5), || {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.get(&format!("{url}/api/shadows"))
+                .await
+                .map(|r| r.json()["shadows"].as_array().map_or(0, Vec::len) == 4)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let warm = timed_requests(&c, &url, 1_000, 100).await;
+    let pid = router.pid();
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+    let shadowed = timed_requests(&c, &url, 2_000, 400).await;
+    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
+    let worst = *shadowed.last().unwrap_or(&Duration::ZERO);
+    println!(
+        "client latency without shadows p50 {:?} p99 {:?}; with a dead, a stalled, a garbage and a nonsense shadow p50 {:?} p99 {:?} max {worst:?} (warm-up p50 {:?})",
+        percentile(&baseline, 0.5),
+        percentile(&baseline, 0.99),
+        percentile(&shadowed, 0.5),
+        percentile(&shadowed, 0.99),
+        percentile(&warm, 0.5),
+    );
+    println!("router fds {fds_before} -> {fds_after}, rss {rss_before} -> {rss_after} KiB");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a client waited on the 10 s stall: {worst:?}"
+    );
+    assert!(
+        percentile(&shadowed, 0.5) < percentile(&baseline, 0.5) * 3 + Duration::from_millis(5),
+        "median latency moved: {:?} vs {:?}",
+        percentile(&shadowed, 0.5),
+        percentile(&baseline, 0.5)
+    );
+    assert!(
+        fds_after <= fds_before + 8,
+        "fds grew {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after <= rss_before + 8 * 1024,
+        "rss grew {rss_before} -> {rss_after} KiB"
+    );
+    let sent = 500.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let m = c
+            .get(&format!("{url}/metrics"))
+            .await
+            .map(|r| r.text())
+            .unwrap_or_default();
+        let done = ["dead", "garbage", "nonsense"]
+            .iter()
+            .all(|s| metric(&m, "abgate_shadow_requests_total", &[("shadow", s)]) >= sent);
+        if done || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let count = |shadow: &str, result: &str| {
+        metric(
+            &last,
+            "abgate_shadow_requests_total",
+            &[("shadow", shadow), ("result", result)],
+        )
+    };
+    println!(
+        "dead: {} errors; garbage: {} errors; nonsense: {} unparseable; stalled: {} dropped, {} in flight",
+        count("dead", "shadow_error"),
+        count("garbage", "shadow_error"),
+        count("nonsense", "unparseable"),
+        count("stalled", "dropped"),
+        4
+    );
+    assert_eq!(count("dead", "shadow_error"), sent);
+    assert_eq!(count("garbage", "shadow_error"), sent);
+    assert_eq!(count("nonsense", "unparseable"), sent);
+    assert!(
+        count("stalled", "dropped") >= sent - 4.0 - 4.0,
+        "{}",
+        count("stalled", "dropped")
+    );
+    assert_eq!(
+        metric(
+            &last,
+            "prediction_errors_total",
+            &[("variant", "best_model")]
+        ),
+        0.0,
+        "no client-visible error"
+    );
+    let view = c
+        .get(&format!("{url}/api/shadows"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json();
+    let stalled_view = view["shadows"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "stalled"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stalled_view["in_flight"], 4, "{view}");
+    assert!(
+        stalled_view["dropped"].as_f64() >= Some(sent - 8.0),
+        "{view}"
+    );
+    // The copy carries X-Shadow and the client's request id.
+    let head = nonsense
+        .first_head
+        .lock()
+        .map(|h| h.clone().unwrap_or_default())
+        .unwrap_or_default();
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("post /predict http/1.1\r\n"), "{head}");
+    assert!(lower.contains("\r\nx-shadow: 1\r\n"), "{head}");
+    assert!(
+        lower.contains("\r\nx-request-id: shadow-req-1000\r\n"),
+        "{head}"
+    );
+    assert!(lower.contains("\r\nx-user-id: user-1000\r\n"), "{head}");
+    if let Some(child) = router.child_mut() {
+        let _ = child.kill();
+    }
+}
