@@ -1,5 +1,6 @@
-//! `abgate up`: the whole local stack as three OS processes — one model server per
-//! arm that has a `<arm>.toml` next to `router.toml`, then the router — with log
+//! `abgate up`: the whole local stack as OS processes — one model server per arm
+//! (and per shadow arm) that has a `<name>.toml` next to `router.toml`, then the
+//! router — with log
 //! lines prefixed by process name, restarts with backoff when a child dies, and an
 //! orderly stop (router first, then the arms) on Ctrl-C or SIGTERM.
 
@@ -43,10 +44,16 @@ pub async fn run(config_dir: PathBuf) -> Result<(), String> {
     let router_file = config_dir.join("router.toml");
     let router = abgate_router::RouterConfig::load(&router_file).map_err(|e| e.to_string())?;
     let mut arms = Vec::new();
-    for arm in &router.arms {
-        let file = config_dir.join(format!("{}.toml", arm.name));
+    // Arms, then shadow arms: both are ordinary model servers.
+    let servers = router
+        .arms
+        .iter()
+        .map(|a| (&a.name, &a.url))
+        .chain(router.shadows.iter().map(|s| (&s.name, &s.url)));
+    for (name, url) in servers {
+        let file = config_dir.join(format!("{name}.toml"));
         if !file.exists() {
-            tracing::info!(arm = %arm.name, url = %arm.url, "no {} here; expecting the arm to run elsewhere", file.display());
+            tracing::info!(arm = %name, url = %url, "no {} here; expecting the model server to run elsewhere", file.display());
             continue;
         }
         let config = abgate_model_server::ServerConfig::load(&file).map_err(|e| e.to_string())?;
@@ -142,11 +149,28 @@ fn print_banner(router: &abgate_router::RouterConfig, router_file: &Path, arms: 
             arm.name, arm.url, arm.weight
         );
     }
+    for shadow in &router.shadows {
+        let managed = if arms.iter().any(|a| a.name == shadow.name) {
+            ""
+        } else {
+            "  (not started here)"
+        };
+        println!(
+            "  {:<17} {}   shadow of {}, {}% of its users{managed}",
+            shadow.name,
+            shadow.url,
+            shadow.of,
+            shadow.sample * 100.0
+        );
+    }
     println!("try:");
     println!(
         "  curl -s {front}/predict -H 'Content-Type: application/json' -H 'X-User-Id: alice' \\\n    -d '{{\"features\": {{\"fixed_acidity\": 7.4, \"volatile_acidity\": 0.7, \"citric_acid\": 0, \"residual_sugar\": 1.9, \"chlorides\": 0.076, \"free_sulfur_dioxide\": 11, \"total_sulfur_dioxide\": 34, \"density\": 0.9978, \"ph\": 3.51, \"sulphates\": 0.56, \"alcohol\": 9.4}}}}' -i"
     );
     println!("  curl -s {front}/api/config");
+    if !router.shadows.is_empty() {
+        println!("  curl -s {front}/api/shadows");
+    }
     println!("Ctrl-C stops everything.");
     println!();
 }
