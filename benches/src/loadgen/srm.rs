@@ -1,108 +1,9 @@
 //! Sample ratio mismatch (SRM): a chi-square goodness-of-fit test of observed arm
-//! counts against configured weights, with the chi-square survival function computed
-//! from the regularized upper incomplete gamma function Q(a, x) (series for
-//! x < a + 1, Lentz continued fraction otherwise; Numerical Recipes §6.2).
+//! counts against configured weights. The chi-square survival function is the one
+//! `abgate-stats` computes (and tests against SciPy), not a copy.
 
-/// Relative precision of the series and continued fraction.
-const EPS: f64 = 1e-15;
-/// Smallest representable-ish number, guards the continued fraction's divisions.
-const FPMIN: f64 = 1e-300;
-/// Iteration cap; both expansions converge in O(sqrt(a)) steps for the sizes used.
-const MAX_ITER: usize = 10_000;
-
-/// ln Γ(x) for x > 0 (Lanczos approximation, g = 7, n = 9; ~1e-15 relative).
-pub fn ln_gamma(x: f64) -> f64 {
-    const G: f64 = 7.0;
-    const C: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        // Reflection: Γ(x) Γ(1 - x) = π / sin(πx).
-        let pi = std::f64::consts::PI;
-        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
-    }
-    let x = x - 1.0;
-    let mut a = C[0];
-    let t = x + G + 0.5;
-    for (i, c) in C.iter().enumerate().skip(1) {
-        a += c / (x + i as f64);
-    }
-    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
-}
-
-/// Regularized lower incomplete gamma P(a, x) by its series (good for x < a + 1).
-fn gamma_p_series(a: f64, x: f64) -> f64 {
-    let mut ap = a;
-    let mut del = 1.0 / a;
-    let mut sum = del;
-    for _ in 0..MAX_ITER {
-        ap += 1.0;
-        del *= x / ap;
-        sum += del;
-        if del.abs() < sum.abs() * EPS {
-            break;
-        }
-    }
-    sum * (-x + a * x.ln() - ln_gamma(a)).exp()
-}
-
-/// Regularized upper incomplete gamma Q(a, x) by its continued fraction (modified
-/// Lentz; good for x >= a + 1).
-fn gamma_q_continued_fraction(a: f64, x: f64) -> f64 {
-    let mut b = x + 1.0 - a;
-    let mut c = 1.0 / FPMIN;
-    let mut d = 1.0 / b;
-    let mut h = d;
-    for i in 1..=MAX_ITER {
-        let an = -(i as f64) * (i as f64 - a);
-        b += 2.0;
-        d = an * d + b;
-        if d.abs() < FPMIN {
-            d = FPMIN;
-        }
-        c = b + an / c;
-        if c.abs() < FPMIN {
-            c = FPMIN;
-        }
-        d = 1.0 / d;
-        let del = d * c;
-        h *= del;
-        if (del - 1.0).abs() < EPS {
-            break;
-        }
-    }
-    (-x + a * x.ln() - ln_gamma(a)).exp() * h
-}
-
-/// Regularized upper incomplete gamma function Q(a, x) = Γ(a, x) / Γ(a), a > 0.
-pub fn gamma_q(a: f64, x: f64) -> f64 {
-    if x <= 0.0 {
-        1.0
-    } else if x < a + 1.0 {
-        (1.0 - gamma_p_series(a, x)).clamp(0.0, 1.0)
-    } else {
-        gamma_q_continued_fraction(a, x).clamp(0.0, 1.0)
-    }
-}
-
-/// Chi-square survival function P(X >= x) for `df` degrees of freedom.
-pub fn chi2_sf(x: f64, df: f64) -> f64 {
-    if x.is_nan() || df <= 0.0 {
-        return f64::NAN;
-    }
-    if x == f64::INFINITY {
-        return 0.0;
-    }
-    gamma_q(df / 2.0, x / 2.0)
-}
+/// P(χ²(df) ≥ x).
+pub use abgate_stats::special::chi_square_sf as chi2_sf;
 
 /// Result of a goodness-of-fit test.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,21 +102,6 @@ mod tests {
             last = p;
         }
         assert_eq!(chi2_sf(f64::INFINITY, 1.0), 0.0);
-    }
-
-    #[test]
-    fn ln_gamma_matches_factorials() {
-        let mut fact = 1.0f64;
-        for n in 1..20u32 {
-            // Γ(n + 1) = n!
-            fact *= f64::from(n);
-            assert!(close(ln_gamma(f64::from(n) + 1.0), fact.ln(), 1e-12));
-        }
-        assert!(close(
-            ln_gamma(0.5),
-            std::f64::consts::PI.sqrt().ln(),
-            1e-12
-        ));
     }
 
     #[test]

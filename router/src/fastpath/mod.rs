@@ -275,12 +275,8 @@ impl Connection {
                 let err = e.to_api();
                 let answer = Answer::Router(err.kind);
                 policy::record_prediction(router, active, assigned, serving, answer, started);
-                h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
-                let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
-                return match sent {
-                    Ok(Ok(())) => Ok(!plan.close),
-                    _ => Err(ClientGone),
-                };
+                return send_error(client, head, &err, plan, &tags, active.config.send_timeout)
+                    .await;
             }
         };
         let deadline = Instant::now() + settings.request_timeout;
@@ -346,22 +342,10 @@ impl Connection {
                 Relay::TooLarge | Relay::ClientGone => "the answer is too large to mirror",
             };
             // Nothing reached the client yet: a 502, as from any broken arm.
-            let err = RouterError::Broken {
-                arm: active.arms[serving.unwrap_or(assigned.arm)]
-                    .config
-                    .name
-                    .clone(),
-                reason: reason.to_string(),
-            }
-            .to_api();
+            let err = broken(active, serving.unwrap_or(assigned.arm), reason);
             let answer = Answer::Router(err.kind);
             policy::record_prediction(router, active, assigned, serving, answer, started);
-            h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
-            let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
-            return match sent {
-                Ok(Ok(())) => Ok(!plan.close),
-                _ => Err(ClientGone),
-            };
+            return send_error(client, head, &err, plan, &tags, active.config.send_timeout).await;
         }
         h1::write_status_line(head, response.status);
         head.extend_from_slice(kept);
@@ -381,14 +365,7 @@ impl Connection {
                 Ok(!plan.close && response.framing != Framing::UntilClose)
             }
             Relay::UpstreamFailed { relayed, reason } => {
-                let err = RouterError::Broken {
-                    arm: active.arms[serving.unwrap_or(assigned.arm)]
-                        .config
-                        .name
-                        .clone(),
-                    reason: reason.to_string(),
-                }
-                .to_api();
+                let err = broken(active, serving.unwrap_or(assigned.arm), reason);
                 let answer = Answer::Router(err.kind);
                 policy::record_prediction(router, active, assigned, serving, answer, started);
                 if relayed || wrote {
@@ -396,12 +373,7 @@ impl Connection {
                     return Ok(false);
                 }
                 head.clear();
-                h1::write_error(head, &err, &policy::error_body(&err, plan.endpoint), &tags);
-                let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
-                match sent {
-                    Ok(Ok(())) => Ok(!plan.close),
-                    _ => Err(ClientGone),
-                }
+                send_error(client, head, &err, plan, &tags, active.config.send_timeout).await
             }
             Relay::ClientGone | Relay::TooLarge => {
                 policy::record_prediction(router, active, assigned, serving, answered, started);
@@ -447,6 +419,33 @@ impl policy::Attempt for FastAttempt<'_> {
         let settings = &self.active.config.upstream;
         upstream::exchange(arm, settings, self.out, |n, v| h1::push_header(kept, n, v)).await
     }
+}
+
+/// Writes the router's error answer (in the request's protocol) to the client; whether
+/// the connection can carry another request.
+async fn send_error(
+    client: &mut TcpStream,
+    head: &mut Vec<u8>,
+    err: &ApiError,
+    plan: &Plan,
+    tags: &Tags<'_>,
+    send_timeout: Duration,
+) -> Result<bool, ClientGone> {
+    head.clear();
+    h1::write_error(head, err, &policy::error_body(err, plan.endpoint), tags);
+    match timeout(send_timeout, client.write_all(head)).await {
+        Ok(Ok(())) => Ok(!plan.close),
+        _ => Err(ClientGone),
+    }
+}
+
+/// The client-visible error for an arm that broke its answer's framing.
+fn broken(active: &Active, arm: usize, reason: &str) -> ApiError {
+    RouterError::Broken {
+        arm: active.arms[arm].config.name.clone(),
+        reason: reason.to_string(),
+    }
+    .to_api()
 }
 
 /// Reads and drops the client's bytes until it closes or `within` passes.
