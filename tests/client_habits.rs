@@ -60,7 +60,10 @@ async fn a_client_that_sends_its_whole_body_before_reading_reads_the_413_from_th
         metric(
             &metrics,
             "prediction_errors_total",
-            &[("variant", "unassigned"), ("error_type", "payload_too_large")]
+            &[
+                ("variant", "unassigned"),
+                ("error_type", "payload_too_large")
+            ]
         ) >= 2.0,
         "the 413s are counted"
     );
