@@ -130,7 +130,18 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
         ("best_model", best.url.as_str(), 50.0),
         ("candidate_model", candidate.url.as_str(), 50.0),
     ];
-    let router = RouterHandle::start(&router_toml(&arms, "", "[override]\nenabled = true\n")).await;
+    // A shadow of best_model (the candidate's server answering as `candidate_shadow`)
+    // so the dashboard's shadow panels have data too.
+    let shadow = format!(
+        "[[shadows]]\nname = \"candidate_shadow\"\nurl = \"{}\"\nof = \"best_model\"\nsample = 1.0\n",
+        candidate.url
+    );
+    let router = RouterHandle::start(&router_toml(
+        &arms,
+        "",
+        &format!("[override]\nenabled = true\n{shadow}"),
+    ))
+    .await;
 
     // The project's Prometheus directory, with only the target addresses rewritten.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
