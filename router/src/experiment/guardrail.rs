@@ -339,6 +339,67 @@ weight = 10 # ten percent
         assert!(err.contains("symlink"), "{err}");
     }
 
+    fn repo_file(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+
+    #[test]
+    fn the_shipped_example_and_the_commented_one_load() {
+        let example = repo_file("config/examples/guardrail/router.toml");
+        let c = RouterConfig::load(&example).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.guardrails.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "candidate_errors",
+                "candidate_accuracy",
+                "candidate_latency"
+            ]
+        );
+        assert_eq!(c.guardrails[2].action, GuardrailAction::Alert);
+        assert_eq!(c.analysis.min_samples, 200);
+        assert!(c
+            .analysis
+            .audit_log
+            .ends_with("guardrail/abgate-audit.jsonl"));
+        // The commented-out example in config/router.toml, uncommented.
+        let main = std::fs::read_to_string(repo_file("config/router.toml")).unwrap_or_default();
+        let uncommented: String = main
+            .lines()
+            .map(|l| {
+                let rest = l.strip_prefix("# ").unwrap_or(l);
+                let key = rest.split(['=', ' ']).next().unwrap_or("");
+                let known = [
+                    "[[guardrails]]",
+                    "name",
+                    "metric",
+                    "arm",
+                    "max_degradation",
+                    "action",
+                    "min_samples",
+                    "user_sample_cap",
+                    "audit_log",
+                ];
+                if l.starts_with("# ") && known.contains(&key) {
+                    format!("{rest}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let c = RouterConfig::parse(Path::new("router.toml"), &uncommented)
+            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(c.guardrails.len(), 1);
+        assert_eq!(c.analysis.user_sample_cap, 200_000);
+        // And rolling it back keeps every comment.
+        let rolled = set_weight_zero(&main, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rolled.lines().count(), main.lines().count());
+        assert_eq!(
+            rolled.lines().filter(|l| l.starts_with('#')).count(),
+            main.lines().filter(|l| l.starts_with('#')).count()
+        );
+    }
+
     #[test]
     fn audit_lines_are_appended() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
