@@ -458,7 +458,8 @@ async fn a_dead_a_stalled_and_a_garbage_shadow_never_reach_the_client() {
         stalled_view["dropped"].as_f64() >= Some(sent - 8.0),
         "{view}"
     );
-    // The copy carries X-Shadow and the client's request id.
+    // The copy carries X-Shadow and the client's request id (of whichever copy came
+    // first: copies run concurrently).
     let head = nonsense
         .first_head
         .lock()
@@ -467,12 +468,153 @@ async fn a_dead_a_stalled_and_a_garbage_shadow_never_reach_the_client() {
     let lower = head.to_ascii_lowercase();
     assert!(lower.starts_with("post /predict http/1.1\r\n"), "{head}");
     assert!(lower.contains("\r\nx-shadow: 1\r\n"), "{head}");
+    let user = lower
+        .split("\r\nx-user-id: user-")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .unwrap_or_else(|| panic!("no x-user-id in {head}"));
     assert!(
-        lower.contains("\r\nx-request-id: shadow-req-1000\r\n"),
+        lower.contains(&format!("\r\nx-request-id: shadow-req-{user}\r\n")),
         "{head}"
     );
-    assert!(lower.contains("\r\nx-user-id: user-1000\r\n"), "{head}");
     if let Some(child) = router.child_mut() {
         let _ = child.kill();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_keyed_by_the_body_is_mirrored_through_the_hyper_transport_too() {
+    let best = ArmProcess::start("best_model").await;
+    let candidate = ArmProcess::start("candidate_model").await;
+    let text = router_toml(
+        &[("best_model", &best.url, 100.0)],
+        "",
+        &shadow_table("candidate_model", &candidate.url, "sample = 1.0"),
+    );
+    let router = RouterHandle::start(&text).await;
+    let c = client();
+    // No X-User-Id: the fast path hands the request to hyper, which keys the body's
+    // user_id. An anonymous request is never mirrored.
+    let keyed = format!("{{\"features\": {FEATURES}, \"user_id\": \"body-user\"}}");
+    let r = c
+        .post_json(&format!("{}/predict", router.url), &[], keyed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let anonymous = c
+        .post_json(&format!("{}/predict", router.url), &[], predict_body())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(anonymous.status, 200, "{}", anonymous.text());
+    eventually(
+        "the keyed request is compared",
+        Duration::from_secs(10),
+        || {
+            let (c, r) = (c.clone(), &router);
+            async move {
+                let m = r.metrics(&c).await;
+                metric(
+                    &m,
+                    "abgate_shadow_requests_total",
+                    &[("result", "compared")],
+                ) == 1.0
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = router.metrics(&c).await;
+    assert_eq!(
+        metric(&m, "abgate_shadow_requests_total", &[]),
+        1.0,
+        "only the keyed one"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_the_shadow_model_server_the_router_config_names() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (router_port, best_port, shadow_port) = (free_port(), free_port(), free_port());
+    for (name, model, port) in [
+        ("best_model", "best_model", best_port),
+        ("shadow_model", "shadow_model", shadow_port),
+    ] {
+        std::fs::write(
+            dir.path().join(format!("{name}.toml")),
+            format!(
+                "variant = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nmodel_dir = \"{}\"\nshutdown_grace_ms = 3000\n",
+                repo().join("models").join(model).display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let shadow_url = format!("http://127.0.0.1:{shadow_port}");
+    let text = router_toml(
+        &[(
+            "best_model",
+            &format!("http://127.0.0.1:{best_port}"),
+            100.0,
+        )],
+        "",
+        &shadow_table("shadow_model", &shadow_url, "sample = 1.0"),
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{router_port}"));
+    std::fs::write(dir.path().join("router.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let mut up = std::process::Command::new(abgate())
+        .args(["up", "--config-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let router_url = format!("http://127.0.0.1:{router_port}");
+    wait_ok(&format!("{router_url}/api/health"), Duration::from_secs(60)).await;
+    let c = client();
+    for i in 0..20 {
+        let r = post(&c, &router_url, &format!("up-user-{i}"), body_for(i)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-variant"), Some("best_model"));
+    }
+    eventually(
+        "the shadow compares all 20",
+        Duration::from_secs(10),
+        || {
+            let (c, url) = (c.clone(), format!("{router_url}/api/shadows"));
+            async move {
+                c.get(&url)
+                    .await
+                    .map(|r| r.json()["shadows"][0]["compared"] == 20)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    // The shadow is an ordinary model server with its own series under its variant.
+    let text = c
+        .get(&format!("{shadow_url}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text();
+    assert_eq!(
+        metric(
+            &text,
+            "predictions_total",
+            &[("variant", "shadow_model"), ("endpoint", "predict")]
+        ),
+        20.0
+    );
+    let up_pid = i32::try_from(up.id()).unwrap_or_default();
+    kill(Pid::from_raw(up_pid), Signal::SIGTERM).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "up did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "up exited with {status}");
 }

@@ -298,12 +298,13 @@ impl Connection {
             status: response.status,
             error,
         };
-        // Shadow traffic (crate::shadow): a user sampled for a shadow of the serving arm
-        // has the arm's body read whole, written with its length, then mirrored. Every
-        // other request takes the streaming relay below, unchanged.
+        // Shadow traffic (crate::shadow): a `/predict` user sampled for a shadow of the
+        // serving arm has the arm's body read whole, written with its length, then
+        // mirrored. Every other request takes the streaming relay below, unchanged.
         let key = || std::str::from_utf8(&buf[plan.user.clone()]).ok();
         if error.is_none()
             && !active.shadows.is_empty()
+            && plan.endpoint == abgate_common::metrics::Endpoint::Predict
             && shadow::wanted(active, serving, assigned.source, key())
         {
             let mut body = Vec::new();
@@ -397,9 +398,9 @@ struct FastAttempt<'a> {
 impl policy::Attempt for FastAttempt<'_> {
     type Output = (crate::pool::Upstream, h1::ResponseHead);
 
-    async fn attempt(&mut self, arm: usize) -> Result<Self::Output, RouterError> {
+    async fn attempt(&mut self, index: usize) -> Result<Self::Output, RouterError> {
         let (buf, plan) = (self.buf, self.plan);
-        let arm = &self.active.arms[arm].config;
+        let arm = &self.active.arms[index].config;
         self.out.clear();
         h1::write_request_head(
             self.out,
@@ -417,7 +418,13 @@ impl policy::Attempt for FastAttempt<'_> {
         self.kept.clear();
         let kept = &mut *self.kept;
         let settings = &self.active.config.upstream;
-        upstream::exchange(arm, settings, self.out, |n, v| h1::push_header(kept, n, v)).await
+        let (endpoint, _inflight) = policy::pick_endpoint(self.active, index)?;
+        let target = upstream::Target::endpoint(arm, &endpoint);
+        let result =
+            upstream::exchange_at(target, settings, self.out, |n, v| h1::push_header(kept, n, v))
+                .await;
+        policy::endpoint_outcome(self.active, index, &endpoint, &result);
+        result
     }
 }
 
