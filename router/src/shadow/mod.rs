@@ -355,3 +355,83 @@ fn shadow_view(s: &ActiveShadow) -> ShadowView {
         primary_latency_seconds: mean(primary_micros as f64 / 1e6, primary_count),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router_with(extra: &str) -> Arc<Router> {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n[experiment]\nsalt = \"s\"\n\
+             [[arms]]\nname = \"best_model\"\nurl = \"http://127.0.0.1:6001\"\nweight = 50\n\
+             [[arms]]\nname = \"candidate_model\"\nurl = \"http://127.0.0.1:6002\"\nweight = 50\n\
+             [[shadows]]\nname = \"shadow_model\"\nurl = \"http://127.0.0.1:6003\"\nof = \"best_model\"\n{extra}"
+        );
+        let config =
+            RouterConfig::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        Router::new(config, String::new()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn only_sticky_users_served_by_the_mirrored_arm_are_wanted() {
+        let router = router_with("sample = 1.0\n");
+        let active = router.active();
+        assert!(wanted(&active, Some(0), Source::Sticky, Some("u")));
+        assert!(
+            !wanted(&active, Some(1), Source::Sticky, Some("u")),
+            "another arm"
+        );
+        assert!(
+            !wanted(&active, None, Source::Sticky, Some("u")),
+            "no arm served"
+        );
+        assert!(
+            !wanted(&active, Some(0), Source::Anonymous, None),
+            "anonymous"
+        );
+        assert!(
+            !wanted(&active, Some(0), Source::Override, Some("u")),
+            "override"
+        );
+        let none = router_with("sample = 0.0\n");
+        assert!(!wanted(&none.active(), Some(0), Source::Sticky, Some("u")));
+    }
+
+    #[test]
+    fn copies_beyond_max_in_flight_are_refused_and_slots_come_back_on_drop() {
+        let stats = Arc::new(ShadowStats::default());
+        let slots: Vec<InFlight> = (0..3).filter_map(|_| InFlight::take(&stats, 3)).collect();
+        assert_eq!(slots.len(), 3);
+        assert!(InFlight::take(&stats, 3).is_none());
+        assert_eq!(
+            stats.in_flight.load(Ordering::Relaxed),
+            3,
+            "a refusal holds no slot"
+        );
+        drop(slots);
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
+        assert!(InFlight::take(&stats, 3).is_some());
+    }
+
+    #[test]
+    fn a_reload_keeps_a_shadows_in_flight_count_and_series() {
+        let router = router_with("sample = 0.5\n");
+        let before = Arc::clone(&router.active().shadows[0].stats);
+        let mut config = router.active().config.clone();
+        config.shadows[0].sample = 0.25;
+        router.apply(config, String::new());
+        let active = router.active();
+        assert!(Arc::ptr_eq(&before, &active.shadows[0].stats));
+        assert!((active.shadows[0].config.sample - 0.25).abs() < 1e-12);
+        let text = router.metrics.common.encode();
+        let text = String::from_utf8_lossy(&text);
+        for result in ShadowResult::ALL {
+            let series = format!(
+                "abgate_shadow_requests_total{{result=\"{}\",shadow=\"shadow_model\"}} 0",
+                result.as_str()
+            );
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
+}
