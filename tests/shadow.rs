@@ -618,3 +618,30 @@ async fn up_starts_the_shadow_model_server_the_router_config_names() {
     };
     assert!(status.success(), "up exited with {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shadow_does_not_hold_up_a_graceful_stop() {
+    let best = ArmProcess::start("best_model").await;
+    let stalled = BadShadow::start(Misbehaviour::Stall).await;
+    let text = router_toml(
+        &[("best_model", &best.url, 100.0)],
+        "shutdown_grace_ms = 8000",
+        &shadow_table("stalled", &stalled.url, "sample = 1.0\ntimeout_ms = 20000"),
+    );
+    let router = RouterHandle::start(&text).await;
+    let c = client();
+    for i in 0..5 {
+        let r = post(&c, &router.url, &format!("stop-user-{i}"), body_for(i)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let view = router.get_json(&c, "/api/shadows").await;
+    assert_eq!(view["shadows"][0]["in_flight"], 5, "{view}");
+    let started = Instant::now();
+    router.stop().await;
+    let took = started.elapsed();
+    println!("graceful stop with 5 copies stalled in flight took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the stop waited on the shadow: {took:?}"
+    );
+}
