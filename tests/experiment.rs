@@ -7,6 +7,9 @@
 
 mod support;
 
+/// When a request was sent and answered (seconds), its status and the arm that served.
+type Sent = (f64, f64, u16, String);
+
 use abgate_common::client::HttpClient;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -323,7 +326,8 @@ async fn a_candidate_failing_5_percent_is_worse_and_rolled_back_by_its_guardrail
 
     // Traffic from distinct users until the guardrail trips.
     let running = Arc::new(AtomicBool::new(true));
-    let log: Arc<Mutex<Vec<(f64, f64, u16, String)>>> = Arc::default();
+    // (sent at, answered at, status, arm) per request.
+    let log: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let traffic: Vec<_> = (0..4)
         .map(|w| {
             let (running, log, url) = (Arc::clone(&running), Arc::clone(&log), router.url.clone());

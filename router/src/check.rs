@@ -71,7 +71,19 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
             arm.name,
             arm.weight,
             share * 100.0,
-            arm.url
+            arm.urls.join(" ")
+        );
+        let addrs = crate::endpoint::resolve_now(&arm.authorities);
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  {:<20} endpoints now: {}",
+            "",
+            if shown.is_empty() {
+                "none resolved".to_string()
+            } else {
+                shown.join(", ")
+            }
         );
     }
     let shares = config.split().shares();

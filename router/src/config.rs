@@ -78,7 +78,11 @@ struct RawGuardrail {
 #[serde(deny_unknown_fields)]
 struct RawArm {
     name: String,
+    #[serde(default)]
     url: String,
+    /// Several endpoints of one arm (instead of `url`).
+    #[serde(default)]
+    urls: Vec<String>,
     weight: f64,
 }
 
@@ -105,6 +109,8 @@ struct RawUpstream {
     request_timeout_ms: u64,
     pool_idle_timeout_ms: u64,
     pool_max_idle_per_arm: usize,
+    resolve_interval_ms: u64,
+    max_endpoints_per_arm: usize,
 }
 
 impl Default for RawUpstream {
@@ -114,6 +120,8 @@ impl Default for RawUpstream {
             request_timeout_ms: 5_000,
             pool_idle_timeout_ms: 30_000,
             pool_max_idle_per_arm: 1024,
+            resolve_interval_ms: 5_000,
+            max_endpoints_per_arm: 64,
         }
     }
 }
@@ -311,6 +319,12 @@ pub struct ArmConfig {
     /// Host and port of `url`.
     #[serde(skip)]
     pub authority: Authority,
+    /// Every endpoint URL of the arm (`urls`, or just `url`).
+    pub urls: Vec<String>,
+    /// Host and port of each of `urls`: each may resolve to several addresses (a
+    /// headless Service), re-resolved every `upstream.resolve_interval_ms`.
+    #[serde(skip)]
+    pub authorities: Vec<Authority>,
 }
 
 /// Upstream connection settings.
@@ -324,6 +338,10 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per arm.
     pub pool_max_idle_per_arm: usize,
+    /// How often arm host names are resolved again.
+    pub resolve_interval: Duration,
+    /// At most this many endpoints per arm.
+    pub max_endpoints_per_arm: usize,
 }
 
 /// Active health checking.
@@ -414,15 +432,50 @@ impl RouterConfig {
                     format!("must be a number >= 0, got {}", arm.weight),
                 ));
             }
-            let (scheme, authority) = parse_base_url(&arm.url).map_err(|reason| {
-                invalid(&format!("arms[{i}].url"), format!("{:?} {reason}", arm.url))
-            })?;
+            let urls: Vec<String> = match (arm.url.is_empty(), arm.urls.is_empty()) {
+                (false, true) => vec![arm.url.clone()],
+                (true, false) => arm.urls.clone(),
+                (false, false) => {
+                    return Err(invalid(
+                        &format!("arms[{i}]"),
+                        "give `url` or `urls`, not both".into(),
+                    ))
+                }
+                (true, true) => {
+                    return Err(invalid(
+                        &format!("arms[{i}].url"),
+                        "missing: give `url` (or `urls` for several endpoints)".into(),
+                    ))
+                }
+            };
+            let mut authorities = Vec::with_capacity(urls.len());
+            let mut scheme = Scheme::HTTP;
+            for (j, url) in urls.iter().enumerate() {
+                let key = if arm.urls.is_empty() {
+                    format!("arms[{i}].url")
+                } else {
+                    format!("arms[{i}].urls[{j}]")
+                };
+                let (s, a) = parse_base_url(url)
+                    .map_err(|reason| invalid(&key, format!("{url:?} {reason}")))?;
+                if authorities.contains(&a) {
+                    return Err(invalid(&key, format!("{url:?} is listed twice")));
+                }
+                scheme = s;
+                authorities.push(a);
+            }
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect();
             arms.push(ArmConfig {
-                url: arm.url.trim_end_matches('/').to_string(),
+                url: urls[0].clone(),
                 name: arm.name,
                 weight: arm.weight,
                 scheme,
-                authority,
+                authority: authorities[0].clone(),
+                urls,
+                authorities,
             });
         }
         let total: f64 = arms.iter().map(|a| a.weight).sum();
@@ -459,6 +512,19 @@ impl RouterConfig {
                 raw.upstream.pool_idle_timeout_ms,
             )?,
             pool_max_idle_per_arm: raw.upstream.pool_max_idle_per_arm,
+            resolve_interval: positive(
+                "upstream.resolve_interval_ms",
+                raw.upstream.resolve_interval_ms,
+            )?,
+            max_endpoints_per_arm: match raw.upstream.max_endpoints_per_arm {
+                0 => {
+                    return Err(invalid(
+                        "upstream.max_endpoints_per_arm",
+                        "must be at least 1".into(),
+                    ))
+                }
+                n => n,
+            },
         };
         let health = HealthConfig {
             interval: positive("health.interval_ms", raw.health.interval_ms)?,
@@ -592,6 +658,8 @@ fn validate_shadows(
                 url: url.clone(),
                 weight: 0.0,
                 scheme,
+                authorities: vec![authority.clone()],
+                urls: vec![url.clone()],
                 authority,
             },
             name: s.name,

@@ -3,6 +3,8 @@
 //! and is exported as `abgate_arm_up{variant}`.
 
 use prometheus::IntGauge;
+
+use crate::endpoint::EndpointSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +12,8 @@ use crate::config::HealthConfig;
 
 /// What the router believes about one arm.
 pub struct ArmHealth {
+    /// The arm's endpoints, each with its own health; the arm is up while any is.
+    pub endpoints: EndpointSet,
     name: String,
     up: AtomicBool,
     failures: AtomicU32,
@@ -19,10 +23,12 @@ pub struct ArmHealth {
 }
 
 impl ArmHealth {
-    /// A new arm, presumed up until a check or a request says otherwise.
-    pub fn new(name: &str, gauge: IntGauge) -> Arc<Self> {
+    /// A new arm with `endpoints`, presumed up until a check or a request says
+    /// otherwise.
+    pub fn new(name: &str, gauge: IntGauge, endpoints: EndpointSet) -> Arc<Self> {
         gauge.set(1);
         Arc::new(ArmHealth {
+            endpoints,
             name: name.to_string(),
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
@@ -94,8 +100,16 @@ impl ArmHealth {
         }
     }
 
-    /// A request could not even connect: the arm is down now; active checks will
-    /// bring it back.
+    /// A request could not even connect to one endpoint: that endpoint is down now,
+    /// and the arm too when no endpoint is left up; active checks bring them back.
+    pub fn mark_endpoint_down(&self, endpoint: &crate::endpoint::Endpoint, reason: String) {
+        endpoint.observe(Err(reason.clone()));
+        if !self.endpoints.any_up() {
+            self.mark_down(reason);
+        }
+    }
+
+    /// The arm is down now; active checks will bring it back.
     pub fn mark_down(&self, reason: String) {
         self.successes.store(0, Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {

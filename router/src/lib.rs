@@ -13,6 +13,7 @@
 //! * [`upstream`] — the one HTTP/1.1 client toward arms: strict response framing
 //!   ([`upstream::h1`]), body relay ([`upstream::relay`]).
 //! * [`pool`] — idle arm connections per worker thread, checked on every checkout.
+//! * [`endpoint`] — an arm's endpoints (addresses), power-of-two-choices picking.
 //! * [`health`] — arm health state; [`checker`] — the active checks.
 //! * [`reload`] — live reload on file change and SIGHUP.
 //! * [`fastpath`] — the transport for the common `/predict` (no hyper);
@@ -34,6 +35,7 @@ pub mod assignment;
 pub mod check;
 pub mod checker;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod experiment;
 pub mod fastpath;
@@ -79,6 +81,7 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
     checker::check_all(&router).await;
     let tasks = [
         tokio::spawn(checker::run_checks(Arc::clone(&router))),
+        tokio::spawn(checker::run_resolver(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
         tokio::spawn(experiment::run(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),

@@ -142,6 +142,7 @@ pub struct RouterMetrics {
     last_reload: GaugeVec,
     failovers: IntCounterVec,
     assignments: IntCounterVec,
+    endpoints: IntGaugeVec,
     /// Errors before an arm is chosen.
     pub unassigned: ArmMetrics,
     shadows: ShadowFamilies,
@@ -204,6 +205,13 @@ impl RouterMetrics {
             ),
             &["variant"],
         )?;
+        let endpoints = IntGaugeVec::new(
+            Opts::new(
+                "abgate_arm_endpoints",
+                "Endpoints (resolved addresses) of each arm, by state (up, down).",
+            ),
+            &["variant", "state"],
+        )?;
         let assignments = IntCounterVec::new(
             Opts::new(
                 "abgate_assignments_total",
@@ -255,6 +263,7 @@ impl RouterMetrics {
         registry.register(Box::new(last_reload.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
         registry.register(Box::new(assignments.clone()))?;
+        registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(shadows.requests.clone()))?;
         registry.register(Box::new(shadows.difference.clone()))?;
         registry.register(Box::new(shadows.agreements.clone()))?;
@@ -269,6 +278,7 @@ impl RouterMetrics {
             last_reload,
             failovers,
             assignments,
+            endpoints,
             unassigned,
             shadows,
         })
@@ -304,6 +314,17 @@ impl RouterMetrics {
     pub fn forget_arm(&self, variant: &str) {
         let _ = self.weight.remove_label_values(&[variant]);
         let _ = self.up.remove_label_values(&[variant]);
+    }
+
+    /// Sets `abgate_arm_endpoints{variant, state}`.
+    pub fn set_endpoints(&self, variant: &str, up: usize, down: usize) {
+        let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.endpoints
+            .with_label_values(&[variant, "up"])
+            .set(as_gauge(up));
+        self.endpoints
+            .with_label_values(&[variant, "down"])
+            .set(as_gauge(down));
     }
 
     /// Counts a reload and stamps its time.

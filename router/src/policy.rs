@@ -4,11 +4,13 @@
 //! and which router headers it carries. The fast path ([`crate::fastpath`]) and the
 //! hyper routes ([`crate::service`]) only move bytes and call these.
 
+use crate::endpoint::{Endpoint as ArmEndpoint, InFlight};
 pub use abgate_common::metrics::Endpoint;
 use abgate_common::{ApiError, ErrorKind, FeedbackType};
 use http::header::HeaderValue;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::assignment::{pick_among, position, unit_interval};
@@ -176,8 +178,10 @@ fn retry_arm(
         RouterError::Broken { .. } => false,
         _ => return None,
     };
-    if refused {
-        active.arms[serving].health.mark_down(error.to_string());
+    // The refused endpoint is already marked down (`endpoint_outcome`); another
+    // endpoint of the same arm takes the retry while one is up.
+    if refused && active.arms[serving].health.endpoints.any_up() {
+        return Some(serving);
     }
     match fallback_arm(active, serving, assigned.position) {
         Some(other) if assigned.source != Source::Override => Some(other),
@@ -193,6 +197,40 @@ fn fallback_arm(active: &Active, failed: usize, position: f64) -> Option<usize> 
     let mut eligible = active.healthy();
     eligible[failed] = false;
     pick_among(&active.weights, &eligible, position)
+}
+
+/// The endpoint of `arm` an attempt goes to (power of two choices on in-flight
+/// requests among healthy endpoints), counted in flight while the guard lives.
+pub fn pick_endpoint(
+    active: &Active,
+    arm: usize,
+) -> Result<(Arc<ArmEndpoint>, InFlight), RouterError> {
+    let arm = &active.arms[arm];
+    match arm.health.endpoints.pick() {
+        Some(endpoint) => {
+            let guard = endpoint.start();
+            Ok((endpoint, guard))
+        }
+        None => Err(RouterError::Connect {
+            arm: arm.config.name.clone(),
+            reason: "no endpoint resolved".into(),
+        }),
+    }
+}
+
+/// Passive health: an endpoint that refused the connection is down at once (and the
+/// arm with it when no endpoint is left up).
+pub fn endpoint_outcome<T>(
+    active: &Active,
+    arm: usize,
+    endpoint: &ArmEndpoint,
+    result: &Result<T, RouterError>,
+) {
+    if let Err(e @ RouterError::Connect { .. }) = result {
+        active.arms[arm]
+            .health
+            .mark_endpoint_down(endpoint, e.to_string());
+    }
 }
 
 /// What forwarding a prediction came to.

@@ -176,14 +176,14 @@ pub(crate) struct Buffered {
 /// one codec, the answer read whole by its framing.
 pub(crate) async fn exchange(
     active: &Active,
-    arm: usize,
+    index: usize,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
     request_id: &HeaderValue,
     body: &[u8],
 ) -> Result<Buffered, RouterError> {
-    let arm = &active.arms[arm].config;
+    let arm = &active.arms[index].config;
     let settings = &active.config.upstream;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(1024 + body.len());
@@ -202,12 +202,16 @@ pub(crate) async fn exchange(
     );
     out.extend_from_slice(body);
     let mut kept = HeaderMap::new();
-    let (mut upstream, head) = upstream::exchange(arm, settings, &out, |n, v| {
+    let (endpoint, _inflight) = policy::pick_endpoint(active, index)?;
+    let target = upstream::Target::endpoint(arm, &endpoint);
+    let result = upstream::exchange_at(target, settings, &out, |n, v| {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
             kept.append(n, v);
         }
     })
-    .await?;
+    .await;
+    policy::endpoint_outcome(active, index, &endpoint, &result);
+    let (mut upstream, head) = result?;
     let mut answer = Vec::new();
     let mut sink = Sink::Buffer {
         body: &mut answer,

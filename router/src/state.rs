@@ -194,9 +194,14 @@ impl Router {
             .map(|(arm, share)| {
                 let series = self.metrics.arm(&arm.name);
                 series.weight.set(*share);
+                let max = config.upstream.max_endpoints_per_arm;
                 let health = table
-                    .entry((arm.name.clone(), arm.url.clone()))
-                    .or_insert_with(|| ArmHealth::new(&arm.name, series.up.clone()))
+                    .entry((arm.name.clone(), arm.urls.join(" ")))
+                    .or_insert_with(|| {
+                        let addrs = crate::endpoint::resolve_now(&arm.authorities);
+                        let endpoints = crate::endpoint::EndpointSet::new(&addrs, max);
+                        ArmHealth::new(&arm.name, series.up.clone(), endpoints)
+                    })
                     .clone();
                 health.set_gauge(series.up.clone());
                 ActiveArm {
@@ -210,7 +215,12 @@ impl Router {
                 }
             })
             .collect();
-        table.retain(|(name, url), _| config.arms.iter().any(|a| &a.name == name && &a.url == url));
+        table.retain(|(name, urls), _| {
+            config
+                .arms
+                .iter()
+                .any(|a| &a.name == name && &a.urls.join(" ") == urls)
+        });
         drop(table);
         for old in &previous.arms {
             if config.arm_index(&old.config.name).is_none() {

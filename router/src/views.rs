@@ -18,6 +18,15 @@ struct ArmHealthView<'a> {
     share: f64,
     consecutive_failures: u32,
     last_error: Option<String>,
+    endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+struct EndpointView {
+    address: String,
+    status: &'static str,
+    in_flight: usize,
+    last_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +50,18 @@ pub fn health(router: &Router, active: &Active) -> Response<Full<Bytes>> {
             share: arm.share,
             consecutive_failures: arm.health.consecutive_failures(),
             last_error: arm.health.last_error(),
+            endpoints: arm
+                .health
+                .endpoints
+                .all()
+                .iter()
+                .map(|e| EndpointView {
+                    address: e.key.clone(),
+                    status: if e.is_up() { "up" } else { "down" },
+                    in_flight: e.inflight(),
+                    last_error: e.last_error(),
+                })
+                .collect(),
         };
         arms.insert(
             arm.config.name.clone(),

@@ -1,8 +1,11 @@
 //! The experiment's Prometheus families, refreshed from a phase summary (every second
 //! by the background task, and on each `/metrics` scrape). Labels are bounded: arm
 //! names and guardrail names come from the config, `metric` from the closed set.
+//! `abgate_comparison_estimate` appears once both arms have an observation of the
+//! metric; `abgate_comparison_ci_low` / `_ci_high` once the comparison has a verdict
+//! (both arms at `experiment.min_samples`).
 
-use abgate_stats::Metric;
+use abgate_stats::{Metric, Verdict};
 use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -110,10 +113,13 @@ impl Gauges {
         }
         for c in &summary.comparisons {
             let labels = [c.metric.as_str(), c.variant.as_str()];
+            // The interval is exported once it decides (both arms at min_samples), so
+            // `ci_low > 0` in an alert means exactly what the verdict `worse` means.
+            let decided = c.verdict != Verdict::NotEnoughData;
             for (gauge, value) in [
                 (&self.estimate, c.estimate),
-                (&self.ci_low, c.ci_low),
-                (&self.ci_high, c.ci_high),
+                (&self.ci_low, c.ci_low.filter(|_| decided)),
+                (&self.ci_high, c.ci_high.filter(|_| decided)),
             ] {
                 match value.filter(|v| v.is_finite()) {
                     Some(v) => gauge.with_label_values(&labels).set(v),

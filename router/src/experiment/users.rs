@@ -8,7 +8,7 @@
 //! estimates the users an arm served. Hashes are kept in sets sharded by hash, so an
 //! insertion locks one small shard.
 
-use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -20,6 +20,30 @@ const SHARDS: usize = 16;
 pub fn user_hash(key: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1)
 }
+
+/// The sets hold XXH3 hashes already: rehash them with one multiply (Fibonacci
+/// hashing) rather than SipHash. The multiply spreads every bit, which matters: the
+/// shard is chosen by the low bits and thinning zeroes the high ones.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Fibonacci(u64);
+
+impl Hasher for Fibonacci {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type HashSet = std::collections::HashSet<u64, BuildHasherDefault<Fibonacci>>;
 
 /// Keeps a value on its own cache line, so shards used by different threads do not
 /// share one.
@@ -34,7 +58,7 @@ pub struct UserSample {
     shift: AtomicU32,
     total: AtomicUsize,
     /// `arms × SHARDS` sets of hashes.
-    sets: Vec<Padded<Mutex<HashSet<u64>>>>,
+    sets: Vec<Padded<Mutex<HashSet>>>,
     arms: usize,
 }
 

@@ -43,13 +43,41 @@ pub fn pool_limits(settings: &UpstreamConfig) -> pool::Limits {
     }
 }
 
-/// A new connection to `arm` within the connect timeout; `None` past `deadline`.
+/// Where an exchange goes: the arm (for errors), the address to connect to, and the
+/// pool key of its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The arm's name.
+    pub arm: &'a str,
+    /// `host:port` or `ip:port` to connect to.
+    pub connect: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// The arm's own URL (a shadow, a single-endpoint client).
+    pub fn arm(arm: &'a ArmConfig) -> Target<'a> {
+        Target {
+            arm: &arm.name,
+            connect: arm.authority.as_str(),
+        }
+    }
+
+    /// One endpoint of `arm`.
+    pub fn endpoint(arm: &'a ArmConfig, endpoint: &'a crate::endpoint::Endpoint) -> Target<'a> {
+        Target {
+            arm: &arm.name,
+            connect: &endpoint.key,
+        }
+    }
+}
+
+/// A new connection to `target` within the connect timeout; `None` past `deadline`.
 async fn connect(
-    arm: &ArmConfig,
+    target: Target<'_>,
     settings: &UpstreamConfig,
     deadline: Instant,
 ) -> Result<Upstream, Option<RouterError>> {
-    let authority = arm.authority.as_str();
+    let authority = target.connect;
     let connect_by = deadline.min(Instant::now() + settings.connect_timeout);
     let reason = match timeout_at(connect_by, TcpStream::connect(authority)).await {
         Err(_) if connect_by < deadline => format!(
@@ -69,7 +97,7 @@ async fn connect(
         }
     };
     Err(Some(RouterError::Connect {
-        arm: arm.name.clone(),
+        arm: target.arm.to_string(),
         reason,
     }))
 }
@@ -84,20 +112,30 @@ pub async fn exchange(
     arm: &ArmConfig,
     settings: &UpstreamConfig,
     request: &[u8],
+    keep: impl FnMut(&[u8], &[u8]),
+) -> Result<(Upstream, ResponseHead), RouterError> {
+    exchange_at(Target::arm(arm), settings, request, keep).await
+}
+
+/// [`exchange`] with `target`: one endpoint of an arm.
+pub async fn exchange_at(
+    target: Target<'_>,
+    settings: &UpstreamConfig,
+    request: &[u8],
     mut keep: impl FnMut(&[u8], &[u8]),
 ) -> Result<(Upstream, ResponseHead), RouterError> {
     let deadline = Instant::now() + settings.request_timeout;
     let timed_out = || RouterError::Timeout {
-        arm: arm.name.clone(),
+        arm: target.arm.to_string(),
         timeout: settings.request_timeout,
     };
-    let authority = arm.authority.as_str();
+    let authority = target.connect;
     let mut pooled = pool::checkout(authority, pool_limits(settings));
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
             Some(u) => u,
-            None => match connect(arm, settings, deadline).await {
+            None => match connect(target, settings, deadline).await {
                 Ok(u) => u,
                 Err(Some(e)) => return Err(e),
                 Err(None) => return Err(timed_out()),
@@ -111,7 +149,7 @@ pub async fn exchange(
             Err(Failure::Timeout) => return Err(timed_out()),
             Err(Failure::Broken(reason)) => {
                 return Err(RouterError::Broken {
-                    arm: arm.name.clone(),
+                    arm: target.arm.to_string(),
                     reason,
                 })
             }
@@ -186,21 +224,19 @@ pub fn release(upstream: Upstream, head: &ResponseHead, settings: &UpstreamConfi
 /// A health check: `GET path` on a fresh connection to `arm` within `within`; the
 /// status of the answer.
 pub async fn probe(
-    arm: &ArmConfig,
+    target: Target<'_>,
+    host: &str,
     settings: &UpstreamConfig,
     path: &str,
     within: Duration,
 ) -> Result<StatusCode, String> {
     let deadline = Instant::now() + within;
-    let mut upstream = match connect(arm, settings, deadline).await {
+    let mut upstream = match connect(target, settings, deadline).await {
         Ok(u) => u,
         Err(Some(e)) => return Err(e.to_string()),
         Err(None) => return Err(format!("no connection within {} ms", within.as_millis())),
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-        arm.authority
-    );
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
     match send(
         &mut upstream,
         false,
