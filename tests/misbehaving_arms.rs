@@ -419,3 +419,77 @@ async fn after_any_misbehaving_answer_every_hyper_path_user_gets_their_own_answe
         every_later_user_gets_their_own_answer(m, Path::Hyper).await;
     }
 }
+
+/// An arm whose error answer is large and carries headers the router sets itself.
+async fn big_error_arm() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _, used)) = read_request(&mut stream, &mut buf).await {
+                    buf.drain(..used);
+                    let answer = if head.starts_with(b"GET /api/health") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec()
+                    } else {
+                        let body = format!(
+                            "{{\"error\":{{\"type\":\"internal\",\"message\":\"{}\"}}}}",
+                            "x".repeat(100 * 1024)
+                        );
+                        format!(
+                            "HTTP/1.0 500 Internal Server Error\r\nconnection: keep-alive\r\n\
+                             x-variant: evil\r\nx-assigned-variant: evil\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes()
+                    };
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_large_error_answer_reaches_the_client_whole_without_the_arms_own_router_headers() {
+    let arm = big_error_arm().await;
+    let router = RouterHandle::start(&router_toml(&[("best_model", &arm, 1.0)], "", "")).await;
+    for path in [Path::Fast, Path::Hyper] {
+        let (status, head, body) = ask(&router.url, "u1", path).await;
+        assert_eq!(status, 500, "{path:?}");
+        assert!(head.starts_with("HTTP/1.1 500"), "{path:?}: {head}");
+        assert!(!head.contains("evil"), "{path:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("x-variant: best_model"),
+            "{head}"
+        );
+        let parsed: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(
+            parsed["error"]["message"].as_str().map(str::len),
+            Some(100 * 1024),
+            "{path:?}: the whole body"
+        );
+    }
+    let c = client();
+    let metrics = router.metrics(&c).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "prediction_errors_total",
+            &[("variant", "best_model"), ("error_type", "upstream_error")]
+        ),
+        2.0,
+        "an error body too large to classify is counted by its status, alike on both paths"
+    );
+    router.stop().await;
+}

@@ -417,8 +417,14 @@ pub fn record_feedback(
 }
 
 /// The closed-set kind of an arm's error response: its body's `error.type` when it is
-/// one of ours, else a kind by status class.
+/// one of ours and at most [`ARM_ERROR_BODY_LIMIT`] long (the fast path reads no more
+/// to classify), else a kind by status class.
 pub fn arm_error_kind(status: StatusCode, body: &[u8]) -> ErrorKind {
+    let body = if body.len() <= ARM_ERROR_BODY_LIMIT {
+        body
+    } else {
+        &[]
+    };
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {
