@@ -311,12 +311,29 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
             last.arms.iter().map(|a| a.requests.n).sum::<u64>()
         );
     }
-    let verdict = if needs_attention(view) {
-        "ATTENTION: SRM alarm or a worse comparison (exit status 3)"
+    let mut reasons: Vec<String> = Vec::new();
+    if view.srm.alarm {
+        reasons.push("the SRM test alarms".into());
+    }
+    for c in view
+        .comparisons
+        .iter()
+        .filter(|c| c.verdict == Verdict::Worse)
+    {
+        reasons.push(format!("{} is worse on {}", c.variant, c.metric));
+    }
+    if reasons.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nOK: no SRM alarm and no worse comparison (exit status 0)"
+        );
     } else {
-        "no SRM alarm and no worse comparison (exit status 0)"
-    };
-    let _ = writeln!(out, "\n{verdict}");
+        let _ = writeln!(
+            out,
+            "\nATTENTION: {} (exit status {EXIT_ATTENTION})",
+            reasons.join("; ")
+        );
+    }
     out
 }
 
