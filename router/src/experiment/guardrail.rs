@@ -339,6 +339,54 @@ weight = 10 # ten percent
         assert!(err.contains("symlink"), "{err}");
     }
 
+    fn router_at(path: &Path) -> std::sync::Arc<Router> {
+        let config = RouterConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Router::new(config, config_hash(&text)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_rollback_writes_the_file_and_starts_a_phase_the_watcher_already_has() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, FILE).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        assert_eq!(router.active().phase.number, 1);
+        let (file, note) = rollback(&router, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((file, note), (FileChange::Written, None));
+        let active = router.active();
+        assert_eq!(active.config.weights(), vec![90.0, 0.0]);
+        assert_eq!(active.phase.number, 2);
+        // The version in force carries the new file's hash: a reload sees no change.
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(active.hash, config_hash(&text));
+        // Nothing left to roll back.
+        let (file, _) = rollback(&router, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file, FileChange::None);
+        assert_eq!(router.active().version, active.version);
+    }
+
+    #[test]
+    fn a_rollback_through_a_symlinked_config_is_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The kubelet's layout: router.toml -> ..data/router.toml.
+        let data = dir.path().join("..data");
+        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.join("router.toml"), FILE).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::os::unix::fs::symlink("..data/router.toml", &path).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        let before = router.active().hash.clone();
+        let (file, note) = rollback(&router, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file, FileChange::InMemoryOnly);
+        assert!(note.unwrap_or_default().contains("symlink"));
+        assert_eq!(router.active().config.weights(), vec![90.0, 0.0]);
+        assert_eq!(router.active().hash, before);
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), FILE);
+        // The control cannot be the last arm standing at 0.
+        assert!(rollback(&router, "best_model").is_err());
+    }
+
     fn repo_file(path: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
     }
