@@ -130,6 +130,8 @@ async fn an_arms_requests_spread_over_its_endpoints_and_a_dead_one_leaves_the_ro
     );
     // One endpoint dies: its arm stays up, nobody moves to the candidate, nothing fails.
     endpoints[1].kill();
+    // Its drain (50 ms of grace for open connections) ends before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let dead_before = endpoints[1].hits();
     for user in &users {
         let r = router.predict(&c, user).await;

@@ -144,8 +144,22 @@ impl EndpointSet {
     /// random, the one with fewer requests in flight (power of two choices). When
     /// none is up, any endpoint (the request then finds out, and health follows).
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        self.pick_avoiding(None)
+    }
+
+    /// [`pick`](Self::pick), skipping `avoid` (the endpoint a retry comes from) while
+    /// another endpoint is up.
+    pub fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
         let list = self.list.load();
-        let healthy: Vec<&Arc<Endpoint>> = list.iter().filter(|e| e.is_up()).collect();
+        let healthy: Vec<&Arc<Endpoint>> = list
+            .iter()
+            .filter(|e| e.is_up() && Some(e.addr) != avoid)
+            .collect();
+        let healthy = if healthy.is_empty() {
+            list.iter().filter(|e| e.is_up()).collect()
+        } else {
+            healthy
+        };
         let pool: Vec<&Arc<Endpoint>> = if healthy.is_empty() {
             list.iter().collect()
         } else {
@@ -258,6 +272,22 @@ mod tests {
         set.update(&[addr(4), addr(5), addr(6)], 2);
         assert_eq!(set.all().len(), 2, "capped at max_endpoints_per_arm");
         assert_eq!(set.counts(), (2, 0));
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_it_comes_from_while_another_is_up() {
+        let set = EndpointSet::new(&[addr(1), addr(2)], 64);
+        for _ in 0..100 {
+            assert_eq!(
+                set.pick_avoiding(Some(addr(1))).map(|e| e.addr),
+                Some(addr(2))
+            );
+        }
+        let single = EndpointSet::new(&[addr(1)], 64);
+        assert_eq!(
+            single.pick_avoiding(Some(addr(1))).map(|e| e.addr),
+            Some(addr(1))
+        );
     }
 
     #[test]

@@ -86,6 +86,7 @@ async fn metadata(
         &parts.headers,
         request_id,
         &[],
+        &mut None,
     )
     .await
     .map_err(|e| e.to_api());

@@ -201,12 +201,16 @@ fn fallback_arm(active: &Active, failed: usize, position: f64) -> Option<usize> 
 
 /// The endpoint of `arm` an attempt goes to (power of two choices on in-flight
 /// requests among healthy endpoints), counted in flight while the guard lives.
+///
+/// `avoid` is the endpoint the previous attempt failed on: a retry goes elsewhere
+/// while another endpoint of the arm is up.
 pub fn pick_endpoint(
     active: &Active,
     arm: usize,
+    avoid: Option<std::net::SocketAddr>,
 ) -> Result<(Arc<ArmEndpoint>, InFlight), RouterError> {
     let arm = &active.arms[arm];
-    match arm.health.endpoints.pick() {
+    match arm.health.endpoints.pick_avoiding(avoid) {
         Some(endpoint) => {
             let guard = endpoint.start();
             Ok((endpoint, guard))

@@ -174,6 +174,8 @@ pub(crate) struct Buffered {
 
 /// One exchange with `arm` for a request hyper received: the request written by the
 /// one codec, the answer read whole by its framing.
+// The request's parts, the arm and the retry's memory: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange(
     active: &Active,
     index: usize,
@@ -182,6 +184,7 @@ pub(crate) async fn exchange(
     headers: &HeaderMap,
     request_id: &HeaderValue,
     body: &[u8],
+    failed: &mut Option<std::net::SocketAddr>,
 ) -> Result<Buffered, RouterError> {
     let arm = &active.arms[index].config;
     let settings = &active.config.upstream;
@@ -202,7 +205,7 @@ pub(crate) async fn exchange(
     );
     out.extend_from_slice(body);
     let mut kept = HeaderMap::new();
-    let (endpoint, _inflight) = policy::pick_endpoint(active, index)?;
+    let (endpoint, _inflight) = policy::pick_endpoint(active, index, *failed)?;
     let target = upstream::Target::endpoint(arm, &endpoint);
     let result = upstream::exchange_at(target, settings, &out, |n, v| {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
@@ -211,6 +214,7 @@ pub(crate) async fn exchange(
     })
     .await;
     policy::endpoint_outcome(active, index, &endpoint, &result);
+    *failed = result.is_err().then_some(endpoint.addr);
     let (mut upstream, head) = result?;
     let mut answer = Vec::new();
     let mut sink = Sink::Buffer {
@@ -239,6 +243,8 @@ pub(crate) async fn exchange(
 /// whole.
 struct HyperAttempt<'a> {
     active: &'a Active,
+    /// The endpoint the last attempt failed on (a retry avoids it).
+    failed: Option<std::net::SocketAddr>,
     uri: &'a http::Uri,
     headers: &'a HeaderMap,
     request_id: &'a HeaderValue,
@@ -258,6 +264,7 @@ impl policy::Attempt for HyperAttempt<'_> {
             headers,
             self.request_id,
             self.body,
+            &mut self.failed,
         )
         .await
     }
@@ -330,6 +337,7 @@ pub(crate) async fn predict(
     assigned.endpoint = endpoint;
     let mut transport = HyperAttempt {
         active,
+        failed: None,
         uri: &parts.uri,
         headers: &parts.headers,
         request_id,
@@ -412,6 +420,7 @@ async fn feedback(
         &parts.headers,
         request_id,
         &body,
+        &mut None,
     )
     .await
     .map_err(|e| e.to_api());

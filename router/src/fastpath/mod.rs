@@ -258,6 +258,7 @@ impl Connection {
         let settings = &active.config.upstream;
         let mut transport = FastAttempt {
             active,
+            failed: None,
             buf,
             plan,
             request_id,
@@ -388,6 +389,8 @@ impl Connection {
 /// the one client; the response head's kept headers collected for the client.
 struct FastAttempt<'a> {
     active: &'a Active,
+    /// The endpoint the last attempt failed on (a retry avoids it).
+    failed: Option<std::net::SocketAddr>,
     buf: &'a BytesMut,
     plan: &'a Plan,
     request_id: &'a [u8],
@@ -418,13 +421,14 @@ impl policy::Attempt for FastAttempt<'_> {
         self.kept.clear();
         let kept = &mut *self.kept;
         let settings = &self.active.config.upstream;
-        let (endpoint, _inflight) = policy::pick_endpoint(self.active, index)?;
+        let (endpoint, _inflight) = policy::pick_endpoint(self.active, index, self.failed)?;
         let target = upstream::Target::endpoint(arm, &endpoint);
         let result = upstream::exchange_at(target, settings, self.out, |n, v| {
             h1::push_header(kept, n, v)
         })
         .await;
         policy::endpoint_outcome(self.active, index, &endpoint, &result);
+        self.failed = result.is_err().then_some(endpoint.addr);
         result
     }
 }
