@@ -176,7 +176,7 @@ def render(template, out, **values):
         f.write(text.format(**values))
 
 
-def router_config(path, listen, best, candidate, workers):
+def router_config(path, listen, best, candidate, workers, statistics=True):
     with open(path, "w") as f:
         f.write(f"""listen = "{listen}"
 workers = {workers}
@@ -184,6 +184,7 @@ max_concurrent_requests = 100000
 [experiment]
 name = "bench"
 salt = "{SALT}"
+statistics = {"true" if statistics else "false"}
 [[arms]]
 name = "best_model"
 url = "http://{best}"
@@ -204,7 +205,8 @@ def model_config(path, arm, listen, workers):
 def run_cell(args, bins, backend, workers, tmp):
     """One backend kind at one worker count: every path, interleaved."""
     stack = Stack(tmp)
-    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4")}
+    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4",
+                                      "nostats")}
     addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
     try:
         for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
@@ -221,6 +223,14 @@ def run_cell(args, bins, backend, workers, tmp):
         proxies = {}
         proxies["abgate"] = stack.start("abgate", [bins["abgate"], "router", "--config", cfg],
                                         ports["abgate"], env={"RUST_LOG": "warn"})
+        if args.stats_off:
+            # The same router with experiment statistics off: their cost, same run.
+            off = os.path.join(tmp, "router-nostats.toml")
+            router_config(off, addr["nostats"], addr["best"], addr["candidate"], workers,
+                          statistics=False)
+            proxies["nostats"] = stack.start("abgate-nostats",
+                                             [bins["abgate"], "router", "--config", off],
+                                             ports["nostats"], env={"RUST_LOG": "warn"})
         ngx_dir = os.path.join(tmp, "nginx")
         os.makedirs(ngx_dir, exist_ok=True)
         render("nginx.conf.template", os.path.join(ngx_dir, "nginx.conf"), workers=workers,
@@ -240,12 +250,12 @@ def run_cell(args, bins, backend, workers, tmp):
         proxies["l4"] = stack.start("haproxy-tcp", ["haproxy", "-db", "-f", l4], ports["l4"])
         urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
                 "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}",
-                "l4": f"http://{addr['l4']}"}
+                "l4": f"http://{addr['l4']}", "nostats": f"http://{addr['nostats']}"}
         pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
         script = os.path.join(tmp, "predict.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT)
-        paths = ["direct", "abgate", "nginx", "haproxy", "l4"]
+        paths = ["direct", "abgate", "nginx", "haproxy", "l4"] + (["nostats"] if args.stats_off else [])
         # The L4 relay cannot split by user: closed loop only.
         latency_paths = ["direct", "abgate", "nginx", "haproxy"]
         results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
@@ -286,6 +296,8 @@ def run_cell(args, bins, backend, workers, tmp):
                     log(f"  [{backend} w={workers} round {r + 1} open {int(rate)}/s] {path:8} "
                         f"p50 {lat['p50']} p99 {lat['p99']} p99.9 {lat['p999']} us")
         results["l4"]["latency"] = {}
+        if args.stats_off:
+            results["nostats"]["latency"] = {}
         for path in latency_paths:
             results[path]["latency"] = {}
             for rate, samples in runs[path].items():
@@ -385,6 +397,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--backends", default="stub,model")
+    ap.add_argument("--stats-off", action="store_true",
+                    help="also run the router with experiment statistics off (closed loop)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 1 s, stub, 1 worker")
     ap.add_argument("--install", action="store_true", help="apt-get install nginx haproxy wrk if missing")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))

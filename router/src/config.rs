@@ -62,6 +62,8 @@ struct RawExperiment {
     user_sample_cap: usize,
     #[serde(default)]
     audit_log: String,
+    #[serde(default = "yes")]
+    statistics: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +296,9 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
 /// Experiment analysis settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalysisConfig {
+    /// Whether requests and feedback are recorded for the experiment analysis
+    /// (`experiment.statistics`, default true; off only to measure its cost).
+    pub statistics: bool,
     /// Observations per arm before a comparison gets a verdict (default 100).
     pub min_samples: u64,
     /// Sampled users (all arms) above which the sampling fraction halves
@@ -543,6 +548,7 @@ impl RouterConfig {
         let shadows = validate_shadows(raw.shadows, &arms, upstream.request_timeout)
             .map_err(|(key, reason)| invalid(&key, reason))?;
         let analysis = AnalysisConfig {
+            statistics: raw.experiment.statistics,
             min_samples: raw.experiment.min_samples,
             user_sample_cap: raw.experiment.user_sample_cap,
             audit_log: audit_log_path(path, &raw.experiment.audit_log),

@@ -361,10 +361,12 @@ pub fn record_prediction(
     };
     let elapsed = started.elapsed().as_secs_f64();
     series.duration.observe(elapsed);
-    let user = assigned.user.filter(|_| assigned.source == Source::Sticky);
-    active
-        .phase
-        .record_response(arm, user, status.as_u16(), elapsed);
+    if active.config.analysis.statistics {
+        let user = assigned.user.filter(|_| assigned.source == Source::Sticky);
+        active
+            .phase
+            .record_response(arm, user, status.as_u16(), elapsed);
+    }
 }
 
 /// The body of the router's own error answer to a request that came by `endpoint`:
@@ -408,9 +410,11 @@ pub fn record_feedback(
                 let absolute_error = reply
                     .and_then(|v| v.get("absolute_error"))
                     .and_then(Value::as_f64);
-                active
-                    .phase
-                    .record_feedback(target, kind, rating, absolute_error);
+                if active.config.analysis.statistics {
+                    active
+                        .phase
+                        .record_feedback(target, kind, rating, absolute_error);
+                }
             }
         }
         Answer::Arm {
