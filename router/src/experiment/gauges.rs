@@ -85,7 +85,7 @@ impl Gauges {
     }
 
     /// Sets every gauge from `summary`; series of arms no longer present are removed,
-    /// and a comparison figure that cannot be computed yet has no series.
+    /// and a comparison figure that cannot be computed yet is NaN.
     pub fn refresh(&self, summary: &PhaseSummary, guardrails: &[&str]) {
         self.srm_p_value.set(summary.srm.p_value);
         self.phase
@@ -121,12 +121,10 @@ impl Gauges {
                 (&self.ci_low, c.ci_low.filter(|_| decided)),
                 (&self.ci_high, c.ci_high.filter(|_| decided)),
             ] {
-                match value.filter(|v| v.is_finite()) {
-                    Some(v) => gauge.with_label_values(&labels).set(v),
-                    None => {
-                        let _ = gauge.remove_label_values(&labels);
-                    }
-                }
+                // NaN until it can be computed: the series exist from the start
+                // (no series appears later), and NaN never satisfies an alert.
+                let shown = value.filter(|v| v.is_finite()).unwrap_or(f64::NAN);
+                gauge.with_label_values(&labels).set(shown);
             }
         }
         // The control has no comparison series.
