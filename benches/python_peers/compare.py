@@ -51,7 +51,11 @@ ARM = "best_model"
 MODEL_NAME = "wine-quality"
 OIP_PATH = f"/v2/models/{MODEL_NAME}/infer"
 ROW = [7.4, 0.7, 0, 1.9, 0.076, 11, 34, 0.9978, 3.51, 0.56, 9.4]
-CELLS = [("arm", "predict"), ("arm", "oip"), ("fastapi", "predict"), ("mlserver", "oip")]
+# mlserver_pw0: MLServer with parallel_workers: 0 (inference in its one HTTP process), its
+# faster setting for a model this small, measured beside the two-worker one.
+CELLS = [("arm", "predict"), ("arm", "oip"), ("fastapi", "predict"), ("mlserver", "oip"),
+         ("mlserver_pw0", "oip")]
+MLSERVERS = {"mlserver": 2, "mlserver_pw0": 0}
 TOLERANCE = 1e-4
 
 
@@ -146,7 +150,7 @@ class Servers:
             time.sleep(0.2)
 
     def start_all(self, bins):
-        ports = {k: free_port() for k in ("arm", "fastapi", "mlserver", "grpc", "metrics")}
+        ports = {k: free_port() for k in ("arm", "fastapi")}
         # The arm: abgate's model server, two HTTP workers.
         cfg = os.path.join(self.tmp, "arm.toml")
         with open(cfg, "w") as f:
@@ -164,25 +168,26 @@ class Servers:
                                "--log-level", "warning", "--no-access-log"],
                    self.urls["fastapi"] + "/api/health",
                    env={"ABGATE_MODEL_DIR": f"{ROOT}/models/{ARM}", "ABGATE_VARIANT": ARM})
-        # MLServer: the shipped settings with free ports, two parallel inference workers.
-        mls = os.path.join(self.tmp, "mlserver")
-        os.makedirs(os.path.join(mls, "metrics"))
-        with open(os.path.join(HERE, "mlserver", "settings.json")) as f:
-            settings = json.load(f)
-        settings.update(http_port=ports["mlserver"], grpc_port=ports["grpc"],
-                        metrics_port=ports["metrics"], metrics_dir=os.path.join(mls, "metrics"))
-        with open(os.path.join(mls, "settings.json"), "w") as f:
-            json.dump(settings, f, indent=2)
-        with open(os.path.join(HERE, "mlserver", "model-settings.json")) as f:
-            model_settings = json.load(f)
-        model_settings["parameters"]["uri"] = f"{ROOT}/models/{ARM}"
-        with open(os.path.join(mls, "model-settings.json"), "w") as f:
-            json.dump(model_settings, f, indent=2)
-        self.urls["mlserver"] = f"http://127.0.0.1:{ports['mlserver']}"
-        mlserver = os.path.join(os.path.dirname(self.args.mlserver_python), "mlserver")
-        self.start("mlserver", [mlserver, "start", mls],
-                   f"{self.urls['mlserver']}/v2/models/{MODEL_NAME}/ready",
-                   env={"PYTHONPATH": HERE})
+        # MLServer: the shipped settings with free ports (parallel_workers 2, and 0 beside it).
+        for name, workers in MLSERVERS.items():
+            mls = os.path.join(self.tmp, name)
+            os.makedirs(os.path.join(mls, "metrics"))
+            with open(os.path.join(HERE, "mlserver", "settings.json")) as f:
+                settings = json.load(f)
+            http_port = free_port()
+            settings.update(http_port=http_port, grpc_port=free_port(), metrics_port=free_port(),
+                            metrics_dir=os.path.join(mls, "metrics"), parallel_workers=workers)
+            with open(os.path.join(mls, "settings.json"), "w") as f:
+                json.dump(settings, f, indent=2)
+            with open(os.path.join(HERE, "mlserver", "model-settings.json")) as f:
+                model_settings = json.load(f)
+            model_settings["parameters"]["uri"] = f"{ROOT}/models/{ARM}"
+            with open(os.path.join(mls, "model-settings.json"), "w") as f:
+                json.dump(model_settings, f, indent=2)
+            self.urls[name] = f"http://127.0.0.1:{http_port}"
+            mlserver = os.path.join(os.path.dirname(self.args.mlserver_python), "mlserver")
+            self.start(name, [mlserver, "start", mls],
+                       f"{self.urls[name]}/v2/models/{MODEL_NAME}/ready", env={"PYTHONPATH": HERE})
         time.sleep(1)  # let every worker settle before listing the processes
         return {name: descendants(p.pid) for name, p in self.procs.items()}
 
@@ -214,13 +219,14 @@ def wine_rows(n):
 def agreement(urls, model):
     """Every server and protocol against the arm's /predict, row by row and batched."""
     rows = wine_rows(50)
-    got = {k: [] for k in ("arm/predict", "arm/oip", "fastapi/predict", "mlserver/oip")}
+    got = {k: [] for k in ("arm/predict", "arm/oip", "fastapi/predict", "mlserver/oip",
+                           "mlserver_pw0/oip")}
     for row in rows:
         got["arm/predict"].append(http("POST", urls["arm"] + "/predict",
                                        predict_body(model, row))[1]["prediction"])
         got["fastapi/predict"].append(http("POST", urls["fastapi"] + "/predict",
                                            predict_body(model, row))[1]["prediction"])
-        for name in ("arm", "mlserver"):
+        for name in ("arm", "mlserver", "mlserver_pw0"):
             out = http("POST", urls[name] + OIP_PATH, oip_body([row]))[1]["outputs"]
             assert out[0]["name"] == "quality" and out[0]["shape"] == [1], out
             got[f"{name}/oip"].append(out[0]["data"][0])
@@ -230,7 +236,7 @@ def agreement(urls, model):
         "fastapi/predict batch": http("POST", urls["fastapi"] + "/predict", {
             "instances": [dict(zip(model.features, r)) for r in rows]})[1]["predictions"],
     }
-    for name in ("arm", "mlserver"):
+    for name in ("arm", "mlserver", "mlserver_pw0"):
         out = http("POST", urls[name] + OIP_PATH, oip_body(rows))[1]["outputs"][0]
         assert out["shape"] == [len(rows)], out
         batched[f"{name}/oip batch"] = out["data"]
@@ -371,7 +377,7 @@ def summarize(res):
 def ratios(rows):
     """The arm against each peer on the protocol they share, and against the best peer."""
     out = {}
-    for peer, proto in (("fastapi", "predict"), ("mlserver", "oip")):
+    for peer, proto in (("fastapi", "predict"), ("mlserver", "oip"), ("mlserver_pw0", "oip")):
         a, p = rows[f"arm {proto}"], rows[f"{peer} {proto}"]
         out[f"arm {proto} vs {peer}"] = {
             "rps_x": round(a["rps_median"] / p["rps_median"], 1),
@@ -387,7 +393,7 @@ def markdown(report):
     lines = [
         f"Run {report['date']} on {report['machine']} (shared with other work: compiles were "
         f"running); model `{ARM}`; every server on both cores (arm `workers = 2`, uvicorn "
-        f"`--workers 2`, MLServer `parallel_workers: 2`). Closed loop `wrk -t2 -c50`, "
+        f"`--workers 2`, MLServer `parallel_workers: 2`; `mlserver_pw0` is MLServer with `parallel_workers: 0`). Closed loop `wrk -t2 -c50`, "
         f"{report['duration_s']} s x {report['rounds']} rounds interleaved; fixed rate "
         f"{rate} req/s with wrk + openloop.lua ({report['connections']} connections, latency "
         f"from the intended send time), median over the rounds; CPU = the server's processes.",
