@@ -176,7 +176,7 @@ def render(template, out, **values):
         f.write(text.format(**values))
 
 
-def router_config(path, listen, best, candidate, workers, statistics=True):
+def router_config(path, listen, best, candidate, workers, statistics=True, shadow=None):
     with open(path, "w") as f:
         f.write(f"""listen = "{listen}"
 workers = {workers}
@@ -194,6 +194,14 @@ name = "candidate_model"
 url = "http://{candidate}"
 weight = {WEIGHTS['candidate_model']}
 """)
+        if shadow:
+            # 10% of best_model's users mirrored to the candidate's backend.
+            f.write(f"""[[shadows]]
+name = "bench_shadow"
+url = "http://{shadow}"
+of = "best_model"
+sample = 0.1
+""")
 
 
 def model_config(path, arm, listen, workers):
@@ -206,7 +214,7 @@ def run_cell(args, bins, backend, workers, tmp):
     """One backend kind at one worker count: every path, interleaved."""
     stack = Stack(tmp)
     ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4",
-                                      "nostats")}
+                                      "nostats", "shadow")}
     addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
     try:
         for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
@@ -223,6 +231,14 @@ def run_cell(args, bins, backend, workers, tmp):
         proxies = {}
         proxies["abgate"] = stack.start("abgate", [bins["abgate"], "router", "--config", cfg],
                                         ports["abgate"], env={"RUST_LOG": "warn"})
+        if args.shadow:
+            # The same router mirroring 10% of best_model's users: the shadow's cost.
+            sh = os.path.join(tmp, "router-shadow.toml")
+            router_config(sh, addr["shadow"], addr["best"], addr["candidate"], workers,
+                          shadow=addr["candidate"])
+            proxies["shadow"] = stack.start("abgate-shadow",
+                                            [bins["abgate"], "router", "--config", sh],
+                                            ports["shadow"], env={"RUST_LOG": "warn"})
         if args.stats_off:
             # The same router with experiment statistics off: their cost, same run.
             off = os.path.join(tmp, "router-nostats.toml")
@@ -250,14 +266,16 @@ def run_cell(args, bins, backend, workers, tmp):
         proxies["l4"] = stack.start("haproxy-tcp", ["haproxy", "-db", "-f", l4], ports["l4"])
         urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
                 "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}",
-                "l4": f"http://{addr['l4']}", "nostats": f"http://{addr['nostats']}"}
+                "l4": f"http://{addr['l4']}", "nostats": f"http://{addr['nostats']}",
+                "shadow": f"http://{addr['shadow']}"}
         pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
         script = os.path.join(tmp, "predict.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT)
-        paths = ["direct", "abgate", "nginx", "haproxy", "l4"] + (["nostats"] if args.stats_off else [])
+        paths = (["direct", "abgate", "nginx", "haproxy", "l4"]
+                 + (["nostats"] if args.stats_off else []) + (["shadow"] if args.shadow else []))
         # The L4 relay cannot split by user: closed loop only.
-        latency_paths = ["direct", "abgate", "nginx", "haproxy"]
+        latency_paths = ["direct", "abgate", "nginx", "haproxy"] + (["shadow"] if args.shadow else [])
         results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
         for path in paths:  # warm every pool and cache once
             wrk(urls[path], 1, script)
@@ -397,6 +415,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--backends", default="stub,model")
+    ap.add_argument("--shadow", action="store_true",
+                    help="also run the router with a shadow at sample 0.1 (closed and open loop)")
     ap.add_argument("--stats-off", action="store_true",
                     help="also run the router with experiment statistics off (closed loop)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 1 s, stub, 1 worker")
