@@ -28,6 +28,7 @@ and MLServer in its own venv (--mlserver-python; see README.md beside this file)
 """
 
 import argparse
+import importlib.util
 import csv
 import json
 import os
@@ -47,6 +48,15 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from wine_model import WineModel  # noqa: E402
 
+# The process accounting, port and log helpers are benches/compare.py's (loaded by
+# path: this file has the same module name).
+_spec = importlib.util.spec_from_file_location(
+    "abgate_bench_compare", os.path.join(ROOT, "benches", "compare.py"))
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
+log, free_port = _common.log, _common.free_port
+cpu_seconds, peak_rss_kib = _common.cpu_seconds, _common.peak_rss_kib
+
 ARM = "best_model"
 MODEL_NAME = "wine-quality"
 OIP_PATH = f"/v2/models/{MODEL_NAME}/infer"
@@ -57,16 +67,6 @@ CELLS = [("arm", "predict"), ("arm", "oip"), ("fastapi", "predict"), ("mlserver"
          ("mlserver_pw0", "oip")]
 MLSERVERS = {"mlserver": 2, "mlserver_pw0": 0}
 TOLERANCE = 1e-4
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid):
@@ -85,29 +85,6 @@ def descendants(pid):
         out += kids
         todo += kids
     return out
-
-
-def cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_kib(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-        except (OSError, StopIteration):
-            pass
-    return total
 
 
 def http(method, url, body=None, timeout=5):
