@@ -229,7 +229,7 @@ async fn the_mae_per_arm_equals_the_offline_mae_of_both_arms_answers_on_wine_row
         let fb = c
             .post_json(
                 &format!("{}/feedback", router.url),
-                &[],
+                &[("x-user-id", &user)],
                 format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"{kind}\", \"actual\": {quality}}}"),
             )
             .await

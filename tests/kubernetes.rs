@@ -229,7 +229,7 @@ fn check_deployment(objects: &[Value], deployment: &Value, shutdown_grace_s: f64
             "{name}: {probe} on the serving port"
         );
         assert!(
-            ["/api/health", "/api/config"].contains(&str_of(&get["path"])),
+            ["/api/health", "/v2/health/live"].contains(&str_of(&get["path"])),
             "{name}: {probe} path {}",
             get["path"]
         );

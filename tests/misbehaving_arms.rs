@@ -61,23 +61,31 @@ fn answer(user: &str) -> String {
 }
 
 fn plain(user: &str) -> Vec<u8> {
+    plain_with_id(user, None)
+}
+
+/// A plain answer, carrying `X-Request-Id: id` when given (as abgate's arms do).
+fn plain_with_id(user: &str, id: Option<&str>) -> Vec<u8> {
     let body = answer(user);
+    let id = id.map(|id| format!("x-request-id: {id}\r\n")).unwrap_or_default();
     format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{id}content-length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
 }
 
-/// What the arm writes for alice: bytes now, then bytes after 50 ms.
-fn misbehave(m: Misbehaviour) -> (Vec<u8>, Vec<u8>) {
+/// What the arm writes for alice: bytes now, then bytes after 50 ms. With `id`, the
+/// arm echoes request ids: alice's correct answers carry it, and so does the stray
+/// (a late duplicate of an answer to alice's request).
+fn misbehave(m: Misbehaviour, id: Option<&str>) -> (Vec<u8>, Vec<u8>) {
     let body = answer("alice");
-    let stray = plain("mallory");
+    let stray = plain_with_id("mallory", id);
     let mut now: Vec<u8>;
     let mut later = Vec::new();
     match m {
         Misbehaviour::StrayResponse => {
-            now = plain("alice");
+            now = plain_with_id("alice", id);
             later = stray;
         }
         Misbehaviour::BodyAfterNoContent => {
@@ -180,9 +188,18 @@ fn user_of(head: &[u8], body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The request id of a forwarded request.
+fn request_id_of(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    text.lines()
+        .find_map(|l| l.strip_prefix("x-request-id:"))
+        .map(|v| v.trim().to_string())
+}
+
 /// A raw-TCP arm that answers health checks and each `/predict` with the user's own
-/// answer, except alice's, which it answers per `m`.
-async fn scripted_arm(m: Misbehaviour) -> String {
+/// answer, except alice's, which it answers per `m`. With `echo`, it echoes every
+/// request's `X-Request-Id` (as abgate's model server does).
+async fn scripted_arm(m: Misbehaviour, echo: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -207,8 +224,9 @@ async fn scripted_arm(m: Misbehaviour) -> String {
                         continue;
                     }
                     let user = user_of(&head, &body);
+                    let id = request_id_of(&head).filter(|_| echo);
                     if user == "alice" {
-                        let (now, later) = misbehave(m);
+                        let (now, later) = misbehave(m, id.as_deref());
                         if stream.write_all(&now).await.is_err() {
                             return;
                         }
@@ -221,7 +239,11 @@ async fn scripted_arm(m: Misbehaviour) -> String {
                         if matches!(m, Misbehaviour::Http10) {
                             return;
                         }
-                    } else if stream.write_all(&plain(&user)).await.is_err() {
+                    } else if stream
+                        .write_all(&plain_with_id(&user, id.as_deref()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -320,17 +342,9 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// Runs one misbehaviour on one path: alice's exchange, then 20 users one by one and
-/// 20 at once, each of whom must get exactly their own answer.
-async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
-    let arm = scripted_arm(m).await;
-    let router = RouterHandle::start(&router_toml(
-        &[("best_model", &arm, 1.0)],
-        "workers = 1",
-        "[health]\ninterval_ms = 60000\ntimeout_ms = 1000\nunhealthy_threshold = 5\nhealthy_threshold = 1\n",
-    ))
-    .await;
-    let (status, head, body) = ask(&router.url, "alice", path).await;
+/// Alice's exchange with the misbehaving arm, and what she must get.
+async fn alice(router: &str, m: Misbehaviour, path: Path) {
+    let (status, head, body) = ask(router, "alice", path).await;
     let lower = head.to_ascii_lowercase();
     assert!(
         !body.contains("mallory"),
@@ -373,34 +387,78 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
             "{m:?}/{path:?}: {status}"
         ),
     }
-    // The stray bytes arrive 50 ms after alice's answer; bob comes 100 ms later.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    for i in 0..20 {
+}
+
+/// Runs one misbehaviour on one path, against an arm that echoes request ids or not:
+/// alice's exchange, then five users each 20 ms after the previous answer (the stray
+/// bytes arrive 50 ms after alice's answer, so one of them is in flight when they do);
+/// then alice again and 40 users at once right after her answer.
+///
+/// HTTP/1.1 cannot save the one request written before stray bytes arrived, so with
+/// an arm that does not echo ids at most one user per burst may get a wrong answer;
+/// every other user gets exactly their own. With an arm that echoes ids (abgate's
+/// own), every user gets their own answer, and the router counts the mismatch.
+async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path, echo: bool) {
+    let arm = scripted_arm(m, echo).await;
+    let router = RouterHandle::start(&router_toml(
+        &[("best_model", &arm, 1.0)],
+        "workers = 1",
+        "[health]\ninterval_ms = 60000\ntimeout_ms = 1000\nunhealthy_threshold = 5\nhealthy_threshold = 1\n",
+    ))
+    .await;
+    let allowed = usize::from(!echo);
+    alice(&router.url, m, path).await;
+    let mut wrong = Vec::new();
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let user = format!("user-{i}");
         let (status, _, body) = ask(&router.url, &user, path).await;
-        assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
-        assert_eq!(
-            body,
-            answer(&user),
-            "{m:?}/{path:?}: {user} got another answer"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if status != 200 || body != answer(&user) {
+            wrong.push(format!("{user}: {status} {body}"));
+        }
     }
+    assert!(
+        wrong.len() <= allowed,
+        "{m:?}/{path:?}/echo={echo}: 20 ms apart, users got other answers: {wrong:?}"
+    );
+    alice(&router.url, m, path).await;
     let mut concurrent = Vec::new();
-    for i in 0..20 {
+    for i in 0..40 {
         let url = router.url.clone();
         concurrent.push(tokio::spawn(async move {
             let user = format!("together-{i}");
             (ask(&url, &user, path).await, user)
         }));
     }
+    let mut wrong = Vec::new();
     for task in concurrent {
         let ((status, _, body), user) = task.await.unwrap_or_else(|e| panic!("{e}"));
+        if status != 200 || body != answer(&user) {
+            wrong.push(format!("{user}: {status} {body}"));
+        }
+    }
+    assert!(
+        wrong.len() <= allowed,
+        "{m:?}/{path:?}/echo={echo}: 40 at once, users got other answers: {wrong:?}"
+    );
+    // Whatever happened, the stray bytes are gone: the next users are all served right.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..5 {
+        let user = format!("after-{i}");
+        let (status, _, body) = ask(&router.url, &user, path).await;
         assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
-        assert_eq!(
-            body,
-            answer(&user),
-            "{m:?}/{path:?}: {user} got another answer"
+        assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user}");
+    }
+    if echo && matches!(m, Misbehaviour::StrayResponse | Misbehaviour::BodyAfterNoContent) {
+        let metrics = router.metrics(&client()).await;
+        let mismatched = metric(
+            &metrics,
+            "abgate_upstream_mismatched_answers_total",
+            &[("variant", "best_model")],
+        );
+        assert!(
+            mismatched >= 1.0,
+            "{m:?}/{path:?}: the stray answer reached a later request and was counted ({mismatched})"
         );
     }
     router.stop().await;
@@ -409,14 +467,28 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path) {
 #[tokio::test]
 async fn after_any_misbehaving_answer_every_fast_path_user_gets_their_own_answer() {
     for m in ALL {
-        every_later_user_gets_their_own_answer(m, Path::Fast).await;
+        every_later_user_gets_their_own_answer(m, Path::Fast, false).await;
     }
 }
 
 #[tokio::test]
 async fn after_any_misbehaving_answer_every_hyper_path_user_gets_their_own_answer() {
     for m in ALL {
-        every_later_user_gets_their_own_answer(m, Path::Hyper).await;
+        every_later_user_gets_their_own_answer(m, Path::Hyper, false).await;
+    }
+}
+
+#[tokio::test]
+async fn an_arm_that_echoes_request_ids_never_hands_a_fast_path_user_another_answer() {
+    for m in ALL {
+        every_later_user_gets_their_own_answer(m, Path::Fast, true).await;
+    }
+}
+
+#[tokio::test]
+async fn an_arm_that_echoes_request_ids_never_hands_a_hyper_path_user_another_answer() {
+    for m in ALL {
+        every_later_user_gets_their_own_answer(m, Path::Hyper, true).await;
     }
 }
 

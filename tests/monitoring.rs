@@ -244,7 +244,9 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
                     2 => format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"too_high\", \"actual\": 4}}"),
                     _ => format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"too_low\", \"actual\": 7}}"),
                 };
-                let _ = c.post_json(&format!("{url}/feedback"), &[], feedback).await;
+                let _ = c
+                    .post_json(&format!("{url}/feedback"), &[("x-user-id", &user)], feedback)
+                    .await;
                 if i % 10 == 0 {
                     let _ = c
                         .post_json(

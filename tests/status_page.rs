@@ -542,7 +542,11 @@ async fn traffic(router: &RouterHandle, c: &HttpClient, users: std::ops::Range<u
             _ => json!({"prediction_id": id, "feedback_type": "too_low", "actual": 6.0}),
         };
         let f = c
-            .post_json(&format!("{}/feedback", router.url), &[], body.to_string())
+            .post_json(
+                &format!("{}/feedback", router.url),
+                &[("x-user-id", &format!("user-{i}"))],
+                body.to_string(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.status, 200, "{}", f.text());

@@ -93,7 +93,7 @@ fn describe(error: figment::Error) -> String {
             };
             // TOML syntax errors come with a multi-line source excerpt; keep the
             // message to one line (the position is in its first line).
-            let kind = e.kind.to_string();
+            let kind = without_values(&e.kind);
             let kind = kind
                 .lines()
                 .map(str::trim)
@@ -114,6 +114,49 @@ fn describe(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// A figment error's kind, said without the offending value: a config error is shown
+/// to whoever can read `/api/config` or the status page, and the value may be a
+/// secret (an unquoted `token = 4815162342` is an integer where a string belongs).
+fn without_values(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", type_of(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: {}, expected {expected}", type_of(actual))
+        }
+        Kind::UnknownVariant(_, expected) => {
+            format!("unknown variant, expected one of {}", expected.join(", "))
+        }
+        Kind::Unsupported(actual) => format!("unsupported type {}", type_of(actual)),
+        Kind::UnsupportedKey(actual, need) => {
+            format!("unsupported key type {}, need {need}", type_of(actual))
+        }
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "integer out of range".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The kind of a value, never the value.
+fn type_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "unit",
+        Actual::Option => "an option",
+        Actual::Seq => "an array",
+        Actual::Map => "a table",
+        Actual::Other(_) => "a value",
+        _ => "an enum",
+    }
 }
 
 /// Resolves `relative` against the directory holding `config_file`, so a config file
@@ -189,6 +232,47 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         assert!(err.starts_with("x.toml: "), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read by serde only
+    struct Secret {
+        token: String,
+        #[serde(default)]
+        mode: Option<Mode>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        On,
+    }
+
+    #[test]
+    fn an_error_never_echoes_the_value_it_rejects() {
+        for (text, secret) in [
+            ("token = 4815162342\n", "4815162342"),
+            ("token = -4815162342\n", "4815162342"),
+            ("token = 48151.62342\n", "48151.62342"),
+            ("token = [\"hunter2\"]\n", "hunter2"),
+            ("token = \"x\"\nmode = \"hunter2\"\n", "hunter2"),
+            ("token = hunter2\n", "hunter2"),
+            ("token = \"x\"\n[mode]\nhunter2 = 1\n", "hunter2 = 1"),
+        ] {
+            let err = parse::<Secret>(Path::new("x.toml"), text, "X_NOPE_")
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains(secret), "{text:?} -> {err}");
+            assert!(err.starts_with("x.toml: "), "{err}");
+        }
+        let err = parse::<Secret>(Path::new("x.toml"), "token = 4815162342\n", "X_NOPE_")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `token`") && err.contains("found an integer, expected a string"),
+            "the key and the kinds are still named: {err}"
+        );
     }
 
     #[test]

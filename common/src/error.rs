@@ -49,11 +49,19 @@ pub enum ErrorKind {
     MalformedRequest,
     /// The request head exceeds the header size limit.
     HeadersTooLarge,
+    /// Feedback names a prediction the arm does not remember (never issued, or
+    /// forgotten: the arm keeps its most recent predictions only).
+    UnknownPrediction,
+    /// Feedback repeats what its prediction already received (a second rating,
+    /// accuracy judgement or `actual`).
+    DuplicateFeedback,
+    /// Feedback on a prediction made for a user, sent by someone else.
+    FeedbackForbidden,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (used to pre-create metric series).
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidInput,
         ErrorKind::MissingFeature,
@@ -73,6 +81,9 @@ impl ErrorKind {
         ErrorKind::UpstreamTimeout,
         ErrorKind::MalformedRequest,
         ErrorKind::HeadersTooLarge,
+        ErrorKind::UnknownPrediction,
+        ErrorKind::DuplicateFeedback,
+        ErrorKind::FeedbackForbidden,
     ];
 
     /// The JSON `type` and the `error_type` label value.
@@ -97,6 +108,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::MalformedRequest => "malformed_request",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::UnknownPrediction => "unknown_prediction",
+            ErrorKind::DuplicateFeedback => "duplicate_feedback",
+            ErrorKind::FeedbackForbidden => "feedback_forbidden",
         }
     }
 
@@ -110,8 +124,9 @@ impl ErrorKind {
             | ErrorKind::InvalidBatch
             | ErrorKind::UnknownVariant
             | ErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::OverrideForbidden => StatusCode::FORBIDDEN,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::OverrideForbidden | ErrorKind::FeedbackForbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound | ErrorKind::UnknownPrediction => StatusCode::NOT_FOUND,
+            ErrorKind::DuplicateFeedback => StatusCode::CONFLICT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,10 +1,16 @@
 //! The HTTP plumbing both servers share: the hyper accept loop with graceful
 //! shutdown and a header-read timeout, body reading under a size limit and a time
 //! limit, the JSON content-type check, and JSON responses.
+//!
+//! The serve loop also does two things for every server: each answer a handler gives
+//! carries the request's `X-Request-Id` back (when it had a sane one and the handler
+//! set none), and the bodiless 400/414/431 hyper writes by itself for a request head
+//! it refuses is replaced by a JSON error (`malformed_request`, `headers_too_large`),
+//! reported to [`ServeOptions::on_refusal`] so the server counts it.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
@@ -14,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -22,13 +29,24 @@ use crate::{ApiError, ErrorKind};
 /// Boxed error type bodies may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `X-Request-Id`: echoed on every answer whose request carried a valid one.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// hyper's own limit on request header lines (its headers then live on the stack).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Connection-level limits of the serve loop.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A client must finish sending its request headers within this time.
     pub header_read_timeout: Duration,
-    /// Requests whose headers exceed this many bytes are answered 431.
+    /// Requests whose head (request line and headers) exceeds this many bytes are
+    /// answered 431 with a JSON error.
     pub max_header_bytes: usize,
+    /// Requests with more header lines than this are answered 431 with a JSON error.
+    /// Above [`DEFAULT_MAX_HEADERS`] hyper allocates the header slots on the heap for
+    /// every request head it parses.
+    pub max_headers: usize,
     /// After shutdown starts, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
     /// A client that accepts no bytes of an answer for this long is cut off.
@@ -37,6 +55,9 @@ pub struct ServeOptions {
     /// still sends for up to this long (nginx's lingering close), so a client that
     /// sends its whole body before reading still reads an early error answer.
     pub linger: Duration,
+    /// Told the kind of every request the serve loop refuses before a handler sees it
+    /// (`headers_too_large`, `malformed_request`), so the server counts it.
+    pub on_refusal: Option<RefusalHook>,
 }
 
 impl Default for ServeOptions {
@@ -44,11 +65,48 @@ impl Default for ServeOptions {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 32 * 1024,
+            max_headers: DEFAULT_MAX_HEADERS,
             shutdown_grace: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(2),
+            on_refusal: None,
         }
     }
+}
+
+/// What the serve loop calls with the kind of each request it refuses itself.
+#[derive(Clone)]
+pub struct RefusalHook(Arc<dyn Fn(ErrorKind) + Send + Sync>);
+
+impl RefusalHook {
+    /// A hook calling `f`.
+    pub fn new(f: impl Fn(ErrorKind) + Send + Sync + 'static) -> Self {
+        RefusalHook(Arc::new(f))
+    }
+
+    fn call(&self, kind: ErrorKind) {
+        (self.0)(kind)
+    }
+}
+
+impl std::fmt::Debug for RefusalHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalHook")
+    }
+}
+
+/// Whether a client's `X-Request-Id` may be echoed: 1-128 visible ASCII characters
+/// (no space, no control character).
+pub fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// The request's first `X-Request-Id`, when it may be echoed.
+pub fn request_id_to_echo(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(X_REQUEST_ID)
+        .filter(|v| valid_request_id(v.as_bytes()))
+        .cloned()
 }
 
 /// What a connection's first owner (the preface given to [`serve_on_threads_with`])
@@ -211,6 +269,9 @@ async fn serve_with<H, P>(
         .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
+    if options.max_headers != DEFAULT_MAX_HEADERS {
+        builder.max_headers(options.max_headers);
+    }
     let graceful = GracefulShutdown::new();
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -223,9 +284,17 @@ async fn serve_with<H, P>(
             () = &mut shutdown => break,
         };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: http::Request<Incoming>| {
+            // Every answer carries the request's id back, whoever wrote it.
+            let echo = request_id_to_echo(req.headers());
             let fut = Handler::call(&handler, req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let mut response = fut.await;
+                if let Some(id) = echo {
+                    response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         // Subscribed now, so the drain waits for this connection from its first byte.
         let watcher = graceful.watcher();
@@ -256,7 +325,8 @@ async fn serve_with<H, P>(
 /// The connection hyper serves: first the bytes the preface already read, then the
 /// socket. Writes that make no progress for `send_timeout` fail (a client that stops
 /// reading is cut off), and closing lingers: after the FIN, the client's bytes are
-/// read and dropped until it closes or `linger` passes.
+/// read and dropped until it closes or `linger` passes. hyper's own bodiless answer to
+/// a request head it refuses is replaced by a JSON error ([`refusal_answer`]).
 struct Prefixed {
     read: Bytes,
     stream: TcpStream,
@@ -265,6 +335,17 @@ struct Prefixed {
     linger: Duration,
     lingering: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     shut: bool,
+    limits: HeadLimits,
+    on_refusal: Option<RefusalHook>,
+    /// What is left to write of an answer that replaced one of hyper's.
+    pending: Bytes,
+}
+
+/// The head limits a refusal names.
+#[derive(Debug, Clone, Copy)]
+struct HeadLimits {
+    bytes: usize,
+    lines: usize,
 }
 
 impl Prefixed {
@@ -277,6 +358,12 @@ impl Prefixed {
             linger: options.linger,
             lingering: None,
             shut: false,
+            limits: HeadLimits {
+                bytes: options.max_header_bytes,
+                lines: options.max_headers,
+            },
+            on_refusal: options.on_refusal.clone(),
+            pending: Bytes::new(),
         }
     }
 
@@ -308,6 +395,104 @@ impl Prefixed {
             }
         }
     }
+
+    /// Writes what is left of a replacing answer.
+    fn poll_pending(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use bytes::Buf as _;
+        use std::task::Poll;
+        use tokio::io::AsyncWrite as _;
+        while !self.pending.is_empty() {
+            let poll = std::pin::Pin::new(&mut self.stream).poll_write(cx, &self.pending);
+            match std::task::ready!(self.guard(cx, poll)) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.pending.advance(n.min(self.pending.len())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `written` is hyper's own answer to a refused head, takes it (all of it, as
+    /// far as hyper knows) and starts writing the JSON answer in its place.
+    fn replace(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: &[u8],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        let (kind, answer) = refusal_answer(written, self.limits)?;
+        if let Some(hook) = &self.on_refusal {
+            hook.call(kind);
+        }
+        self.pending = answer;
+        Some(match self.poll_pending(cx) {
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            // The rest goes out on the next write, flush or shutdown.
+            _ => std::task::Poll::Ready(Ok(written.len())),
+        })
+    }
+}
+
+/// hyper answers a request head it refuses by itself: a bodiless `400` (not
+/// HTTP/1.1), `414` (request target too long) or `431` (over the limits), then closes.
+/// This is the JSON error answer (`malformed_request`, or `headers_too_large` with
+/// status 431) that replaces such a write, keeping hyper's other headers (`Date`);
+/// `None` for any other write. Handlers always give their errors a content type, so a
+/// bodiless answer without one is hyper's.
+fn refusal_answer(written: &[u8], limits: HeadLimits) -> Option<(ErrorKind, Bytes)> {
+    let kind = match written.get(..13)? {
+        b"HTTP/1.1 431 " | b"HTTP/1.1 414 " => ErrorKind::HeadersTooLarge,
+        b"HTTP/1.1 400 " => ErrorKind::MalformedRequest,
+        _ => return None,
+    };
+    let head_len = written.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if head_len + 4 != written.len() {
+        return None;
+    }
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut bodiless = false;
+    for line in written[..head_len].split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            bodiless = value == b"0";
+        } else if name.eq_ignore_ascii_case(b"content-type")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        {
+            return None;
+        } else if !name.eq_ignore_ascii_case(b"connection") {
+            kept.push(line);
+        }
+    }
+    if !bodiless {
+        return None;
+    }
+    let message = match kind {
+        ErrorKind::HeadersTooLarge => format!(
+            "the request head is longer than {} bytes or {} header lines, more than this server reads",
+            limits.bytes, limits.lines
+        ),
+        _ => "the request head is not valid HTTP/1.1".to_string(),
+    };
+    let body = ApiError::new(kind, message).to_json();
+    let status = kind.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    for line in kept {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    Some((kind, Bytes::from(out)))
 }
 
 impl tokio::io::AsyncRead for Prefixed {
@@ -331,6 +516,10 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(done) = self.replace(cx, buf) {
+            return done;
+        }
         let poll = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
         self.guard(cx, poll)
     }
@@ -340,6 +529,12 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if let Some(done) = self.replace(cx, first) {
+                return done;
+            }
+        }
         let poll = std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         self.guard(cx, poll)
     }
@@ -352,6 +547,7 @@ impl tokio::io::AsyncWrite for Prefixed {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         std::pin::Pin::new(&mut self.stream).poll_flush(cx)
     }
 
@@ -362,6 +558,7 @@ impl tokio::io::AsyncWrite for Prefixed {
         use std::future::Future as _;
         use std::task::Poll;
         use tokio::io::AsyncRead as _;
+        std::task::ready!(self.poll_pending(cx))?;
         if !self.shut {
             if let Err(e) =
                 std::task::ready!(std::pin::Pin::new(&mut self.stream).poll_shutdown(cx))
@@ -754,6 +951,192 @@ mod tests {
         assert!(served.values().all(|&n| n == 4), "{served:?}");
         let _ = stop.send(());
         drop(open);
+        let _ = server.await;
+    }
+
+    const LIMITS: HeadLimits = HeadLimits {
+        bytes: 1000,
+        lines: 10,
+    };
+
+    #[test]
+    fn hypers_own_refusals_become_json_errors_keeping_its_date() {
+        let cases: [(&[u8], ErrorKind, &str); 3] = [
+            (
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Thu, 03 Dec 2026 20:00:00 GMT\r\n\r\n",
+                ErrorKind::HeadersTooLarge,
+                "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            ),
+            (
+                b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 03 Dec 2026 20:00:00 GMT\r\n\r\n",
+                ErrorKind::HeadersTooLarge,
+                "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            ),
+            (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Thu, 03 Dec 2026 20:00:00 GMT\r\n\r\n",
+                ErrorKind::MalformedRequest,
+                "HTTP/1.1 400 Bad Request\r\n",
+            ),
+        ];
+        for (written, kind, status_line) in cases {
+            let Some((got, answer)) = refusal_answer(written, LIMITS) else {
+                panic!("{:?} was not replaced", String::from_utf8_lossy(written));
+            };
+            assert_eq!(got, kind);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            assert!(text.starts_with(status_line), "{text}");
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+            assert!(
+                head.contains("\r\ncontent-type: application/json\r\n"),
+                "{text}"
+            );
+            assert!(
+                head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+                "{text}"
+            );
+            assert_eq!(head.matches("connection: close").count(), 1, "{text}");
+            assert!(
+                head.contains("\r\ndate: Thu, 03 Dec 2026 20:00:00 GMT"),
+                "{text}"
+            );
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            assert_eq!(v["error"]["type"], kind.as_str(), "{text}");
+        }
+        let json = refusal_answer(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+            LIMITS,
+        )
+        .map(|(_, a)| a)
+        .unwrap_or_default();
+        assert!(String::from_utf8_lossy(&json).contains("1000 bytes or 10 header lines"));
+    }
+
+    #[test]
+    fn any_other_write_is_left_alone() {
+        for written in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+            // A handler's own error: it has a content type and a body.
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n",
+            // Not a whole head alone.
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n",
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\nHTTP/1.1",
+            b"{\"prediction\": 5.5}",
+            b"HTTP/1.1 4",
+            b"",
+        ] {
+            assert!(
+                refusal_answer(written, LIMITS).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(written)
+            );
+        }
+    }
+
+    #[test]
+    fn only_sane_request_ids_are_echoed() {
+        for ok in ["a", "req-1_2.3:4/5", &"x".repeat(128)] {
+            assert!(valid_request_id(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "has space", "tab\there", &"x".repeat(129)] {
+            assert!(!valid_request_id(bad.as_bytes()), "{bad}");
+        }
+        assert!(!valid_request_id(b"caf\xc3\xa9"));
+        let mut h = HeaderMap::new();
+        h.append(X_REQUEST_ID, HeaderValue::from_static("first"));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("second"));
+        assert_eq!(
+            request_id_to_echo(&h),
+            Some(HeaderValue::from_static("first"))
+        );
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("a b"));
+        assert_eq!(request_id_to_echo(&h), None);
+    }
+
+    #[tokio::test]
+    async fn every_answer_echoes_the_request_id_and_refused_heads_get_json() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&refused);
+        let options = ServeOptions {
+            max_header_bytes: 4096,
+            max_headers: 20,
+            linger: Duration::from_millis(100),
+            on_refusal: Some(RefusalHook::new(move |kind| {
+                if let Ok(mut v) = seen.lock() {
+                    v.push(kind);
+                }
+            })),
+            ..Default::default()
+        };
+        let server = tokio::spawn(serve(
+            listener,
+            |req: http::Request<Incoming>| async move {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+                if req.uri().path() == "/own" {
+                    r.headers_mut()
+                        .insert(X_REQUEST_ID, HeaderValue::from_static("handler's"));
+                }
+                r
+            },
+            async {
+                let _ = stopped.await;
+            },
+            options,
+        ));
+        let exchange = |request: Vec<u8>| async move {
+            let mut c = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = c.write_all(&request).await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let echoed = exchange(
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-request-id: r-1\r\nconnection: close\r\n\r\n".to_vec(),
+        )
+        .await;
+        assert!(echoed.contains("\r\nx-request-id: r-1\r\n"), "{echoed}");
+        let own = exchange(
+            b"GET /own HTTP/1.1\r\nhost: x\r\nx-request-id: r-1\r\nconnection: close\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
+        assert!(own.contains("\r\nx-request-id: handler's\r\n"), "{own}");
+        assert!(!own.contains("r-1"), "{own}");
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+            "p".repeat(5000)
+        );
+        let lines: String = (0..30).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nhost: x\r\n{lines}\r\n");
+        for request in [big, many] {
+            let answer = exchange(request.into_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+            assert!(answer.contains("\"headers_too_large\""), "{answer}");
+        }
+        let garbage = exchange(b"NOT HTTP\r\n\r\n".to_vec()).await;
+        assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+        assert!(garbage.contains("\"malformed_request\""), "{garbage}");
+        let kinds = refused.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(
+            kinds,
+            [
+                ErrorKind::HeadersTooLarge,
+                ErrorKind::HeadersTooLarge,
+                ErrorKind::MalformedRequest
+            ]
+        );
+        let _ = stop.send(());
         let _ = server.await;
     }
 

@@ -109,7 +109,9 @@ pub struct ServerConfig {
     /// Requests of at most this many rows run their forward pass on the HTTP worker
     /// that parsed them (0: every request goes to the inference threads).
     pub inline_rows: usize,
-    /// Predictions remembered for matching feedback's `actual` to its prediction.
+    /// Predictions remembered for their feedback (the user each was made for, what
+    /// it already received, the value an `actual` is compared with); feedback on an
+    /// older one is refused with 404 `unknown_prediction`. About 80 bytes each.
     pub recent_predictions: usize,
     /// A request body must arrive within this time.
     pub body_timeout: Duration,

@@ -59,8 +59,13 @@ impl Inference {
         })
     }
 
-    /// Predicts `rows` rows (raw features, row after row).
+    /// Predicts `rows` rows (raw features, row after row). Every prediction is
+    /// finite: one that is not makes the whole request an `internal` error.
     pub async fn predict(&self, values: Vec<f32>, rows: usize) -> Result<Vec<f32>, ApiError> {
+        self.forward(values, rows).await.and_then(all_finite)
+    }
+
+    async fn forward(&self, values: Vec<f32>, rows: usize) -> Result<Vec<f32>, ApiError> {
         if rows <= self.inline_rows {
             return self
                 .model
@@ -103,6 +108,21 @@ impl Inference {
     /// Capacity of the queue.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+/// `out`, unless a prediction in it is NaN or infinite (a model overflowing on an
+/// extreme but finite input): never answered as `null`, never fed to a metric.
+pub fn all_finite(out: Vec<f32>) -> Result<Vec<f32>, ApiError> {
+    match out.iter().position(|p| !p.is_finite()) {
+        None => Ok(out),
+        Some(row) => Err(ApiError::new(
+            ErrorKind::Internal,
+            format!(
+                "the model's prediction for row {row} is not finite ({}): the input is beyond what the model can compute",
+                out[row]
+            ),
+        )),
     }
 }
 
@@ -175,7 +195,13 @@ mod tests {
     use std::path::Path;
 
     fn model() -> Arc<Model> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/candidate_model");
+        shipped("candidate_model")
+    }
+
+    fn shipped(name: &str) -> Arc<Model> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models")
+            .join(name);
         Arc::new(Model::load(&dir).unwrap_or_else(|e| panic!("{e}")))
     }
 
@@ -210,6 +236,34 @@ mod tests {
                 assert!((g - a).abs() < 1e-4, "request {i}: {got:?} vs {alone:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_prediction_that_is_not_finite_is_an_internal_error() {
+        assert_eq!(all_finite(vec![5.0, 6.5]), Ok(vec![5.0, 6.5]));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = all_finite(vec![5.0, bad]).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Internal);
+            assert!(err.message.contains("row 1"), "{}", err.message);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_overflowing_row_fails_inline_and_on_the_threads() {
+        // ReLU layers pass an overflow on (the candidate's tanh would saturate it).
+        let model = shipped("best_model");
+        // Up to 1 row inline, more on the thread.
+        let inference =
+            Inference::start(Arc::clone(&model), 1, 4, 1, 64).unwrap_or_else(|e| panic!("{e}"));
+        let mut bad = row(1);
+        bad[7] = 1e38;
+        let out = model.predict(bad.clone(), 1).unwrap_or_default();
+        assert!(!out[0].is_finite(), "precondition: {out:?}");
+        let inline = inference.predict(bad.clone(), 1).await;
+        assert_eq!(inline.map_err(|e| e.kind), Err(ErrorKind::Internal));
+        let values: Vec<f32> = row(2).into_iter().chain(bad).collect();
+        let threaded = inference.predict(values, 2).await;
+        assert_eq!(threaded.map_err(|e| e.kind), Err(ErrorKind::Internal));
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //! * [`validation`] — `/predict` and `/feedback` bodies into checked values or
 //!   errors that name the field.
 //! * [`inference`] — forward passes on dedicated threads with a bounded queue.
-//! * [`recent`] — prediction ids and the bounded ring of recent predictions.
+//! * [`recent`] — unguessable prediction ids and the bounded memory of recent
+//!   predictions (their user and the feedback they received).
 //! * [`service`] — the routes.
 //! * [`oip`] — the Open Inference Protocol v2 REST routes under `/v2` (KServe v2 /
 //!   Triton, binary tensor extension included).
@@ -53,9 +54,17 @@ pub async fn run(
         addr = ?addr,
         "model server listening"
     );
+    let refused = state.arm.clone();
     let options = abgate_common::http::ServeOptions {
         header_read_timeout: state.config.header_timeout,
         shutdown_grace: state.config.shutdown_grace,
+        // hyper reads heads past the served limits, so most refusals happen in
+        // `service::handle` on a parsed head (see `service::HEAD_READ_FACTOR`).
+        max_header_bytes: service::MAX_HEAD_BYTES * service::HEAD_READ_FACTOR,
+        max_headers: service::MAX_HEAD_LINES * service::HEAD_READ_FACTOR,
+        on_refusal: Some(abgate_common::http::RefusalHook::new(move |kind| {
+            refused.error(kind)
+        })),
         ..Default::default()
     };
     let handler_state = Arc::clone(&state);

@@ -28,6 +28,10 @@ pub struct ModelSpec {
     pub normalization: Normalization,
     /// How to turn the network's output back into a quality score.
     pub target: TargetScaling,
+    /// `[min, max]`: the values a true label (feedback's `actual`) may take: the range
+    /// the training data spans, widened by one point on each side (wine quality 3-8
+    /// gives `[2, 9]`). Required: a model without it does not load.
+    pub label_range: [f64; 2],
     /// Dense layers, input first.
     pub layers: Vec<LayerSpec>,
     /// How the model was trained.
@@ -168,6 +172,13 @@ impl ModelSpec {
         }
         if !(self.target.std.is_finite() && self.target.std > 0.0 && self.target.mean.is_finite()) {
             return Err(bad("target", "std must be positive and mean finite".into()));
+        }
+        let [low, high] = self.label_range;
+        if !(low.is_finite() && high.is_finite() && low < high) {
+            return Err(bad(
+                "label_range",
+                format!("must be [min, max] with finite min < max, got [{low}, {high}]"),
+            ));
         }
         if self.layers.is_empty() {
             return Err(bad("layers", "must list at least one layer".into()));
@@ -448,6 +459,7 @@ mod tests {
                 mean: 5.0,
                 std: 2.0,
             },
+            label_range: [2.0, 9.0],
             layers: vec![LayerSpec {
                 inputs: 2,
                 outputs: 1,
@@ -556,6 +568,19 @@ mod tests {
     }
 
     #[test]
+    fn a_model_json_without_a_label_range_is_refused_naming_it() {
+        let mut v = serde_json::to_value(spec()).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("label_range");
+        }
+        let err = serde_json::from_value::<ModelSpec>(v).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `label_range`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn model_json_round_trips_and_rejects_unknown_keys() {
         let s = spec();
         let text = serde_json::to_string(&s).unwrap_or_default();
@@ -570,7 +595,7 @@ mod tests {
     #[test]
     fn inconsistent_specs_are_rejected_with_the_key() {
         type Break = fn(&mut ModelSpec);
-        let cases: [(&str, Break); 6] = [
+        let cases: [(&str, Break); 9] = [
             ("normalization.mean", |s| {
                 s.normalization.mean.pop().map(drop).unwrap_or(())
             }),
@@ -579,6 +604,9 @@ mod tests {
             ("layers[0].outputs", |s| s.layers[0].outputs = 2),
             ("features[1]", |s| s.features[1] = "a".into()),
             ("layers", |s| s.layers.clear()),
+            ("label_range", |s| s.label_range = [9.0, 2.0]),
+            ("label_range", |s| s.label_range = [2.0, 2.0]),
+            ("label_range", |s| s.label_range[1] = f64::INFINITY),
         ];
         for (key, breaker) in cases {
             let mut s = spec();

@@ -22,14 +22,33 @@ use crate::config::ServerConfig;
 use crate::error::ModelServerError;
 use crate::inference::Inference;
 use crate::model::Model;
-use crate::recent::{variant_of, IdLookup, RecentPredictions};
-use crate::validation::{parse_feedback, FeatureSchema};
+use crate::recent::{variant_of, Claim, RecentPredictions, Slot};
+use crate::validation::{check_actual, parse_feedback, FeatureSchema};
 
 /// Buckets of `prediction_absolute_error` (quality points).
 pub const ABS_ERROR_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
 
 /// `X-Variant`: the arm that answered (set on OIP responses).
 pub const X_VARIANT: HeaderName = HeaderName::from_static("x-variant");
+
+/// `X-User-Id`: the user a prediction is made for, forwarded unchanged by the router.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+
+/// The largest request head served, in bytes (request line and header lines). At
+/// least what a router forwards: its own limit (32 KiB) plus the `Host` (≤ ~270
+/// bytes), `X-Request-Id` (≤ 146) and `Content-Length` lines it writes in place of the
+/// client's; the margin is 4 KiB.
+pub const MAX_HEAD_BYTES: usize = 36 * 1024;
+
+/// The most header lines a served request may have. At least what a router forwards:
+/// hyper's 100 on its side, plus the three lines it writes.
+pub const MAX_HEAD_LINES: usize = 128;
+
+/// hyper reads a head up to this many times [`MAX_HEAD_BYTES`] and
+/// [`MAX_HEAD_LINES`]: a head between the limits is refused here, after parsing, with
+/// its `X-Request-Id` echoed; one past the read limits is refused unread (by the serve
+/// loop, with the same JSON 431).
+pub const HEAD_READ_FACTOR: usize = 2;
 
 /// Everything a request handler needs.
 pub struct State {
@@ -168,6 +187,15 @@ const ROUTES: [Route<Target>; 5] = [
 
 /// Answers one request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(e) = check_head(&req) {
+        state.arm.error(e.kind);
+        let mut response = error_response(&e);
+        // The body was not read: the connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let path = req.uri().path();
     if crate::oip::path::is_oip(path) {
         return crate::oip::handle(&state, req).await;
@@ -190,6 +218,43 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         state.arm.error(e.kind);
         error_response(&e)
     })
+}
+
+/// Refuses a head over [`MAX_HEAD_BYTES`] or [`MAX_HEAD_LINES`] (as parsed: the
+/// request line and each header line, without optional whitespace).
+fn check_head<B>(req: &Request<B>) -> Result<(), ApiError> {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| {
+            a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        });
+    let request_line = req.method().as_str().len() + " ".len() + target + " HTTP/1.1\r\n".len();
+    let header_lines: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    let bytes = request_line + header_lines + "\r\n".len();
+    let lines = req.headers().len();
+    if bytes <= MAX_HEAD_BYTES && lines <= MAX_HEAD_LINES {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::HeadersTooLarge,
+        format!(
+            "the request head has {bytes} bytes in {lines} header lines; the limit is {MAX_HEAD_BYTES} bytes and {MAX_HEAD_LINES} header lines"
+        ),
+    ))
+}
+
+/// The request's user key: its first `X-User-Id`, raw bytes (UTF-8 or not), when
+/// not empty. The router forwards this header unchanged.
+pub(crate) fn header_user(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    headers
+        .get(X_USER_ID)
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty())
+        .map(<[u8]>::to_vec)
 }
 
 /// A JSON request's body, read under the configured size and time limits.
@@ -239,14 +304,17 @@ async fn predict_inner(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let header_user = header_user(req.headers());
     let body = json_body(state, req).await?;
     let rows = state
         .schema
         .parse_predict(&body, state.config.max_batch_size)?;
     let (count, batch) = (rows.count, rows.batch);
+    // The router's sticky key: `X-User-Id`, else the body's `user_id`.
+    let user = header_user.or(rows.user_id);
     let out = state.inference.predict(rows.values, count).await?;
     state.rows.inc_by(count as u64);
-    let ids = state.recent.record(&out);
+    let ids = state.recent.record(&out, user.as_deref());
     let variant = state.config.variant.as_str();
     let model_version = state.model.spec().version.as_str();
     Ok(if batch {
@@ -260,13 +328,19 @@ async fn predict_inner(
             },
         )
     } else {
+        let (Some(&prediction), Some(prediction_id)) = (out.first(), ids.into_iter().next()) else {
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                "the forward pass returned no prediction",
+            ));
+        };
         json_response(
             StatusCode::OK,
             &SinglePrediction {
-                prediction: out.first().copied().unwrap_or(f32::NAN),
+                prediction,
                 variant,
                 model_version,
-                prediction_id: ids.into_iter().next().unwrap_or_default(),
+                prediction_id,
             },
         )
     })
@@ -278,49 +352,88 @@ struct FeedbackAck<'a> {
     variant: &'a str,
     prediction_id: String,
     feedback_type: &'static str,
-    /// Whether the prediction was still remembered (needed for `absolute_error`).
+    /// Always `true`: feedback is only taken for a remembered prediction (kept for
+    /// clients that read it).
     matched: bool,
     absolute_error: Option<f64>,
 }
 
+/// `/feedback`: checks the body and `actual` against the label range (400), that the
+/// id is this arm's (400) and remembered (404 `unknown_prediction`), then, in one step,
+/// that it comes from the prediction's user (403 `feedback_forbidden`) and repeats
+/// nothing the prediction already received (409 `duplicate_feedback`). Only then is it
+/// counted in `feedback_total` and, with an `actual`, in `prediction_absolute_error`.
 async fn feedback(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let header_user = header_user(req.headers());
     let body = json_body(state, req).await?;
     let fb = parse_feedback(&body)?;
-    let variant = state.config.variant.as_str();
-    let lookup = state.recent.lookup(&fb.prediction_id);
-    if lookup == IdLookup::Foreign {
-        let owner = variant_of(&fb.prediction_id).unwrap_or("");
-        return Err(ApiError::new(
-            ErrorKind::InvalidInput,
-            if !owner.is_empty() && owner != variant && crate::config::is_valid_variant(owner) {
-                format!("`prediction_id` was issued by arm `{owner}`, not `{variant}`; send the feedback there")
-            } else {
-                format!("`prediction_id` is not an id issued by arm `{variant}`")
-            },
-        ));
+    if let Some(actual) = fb.actual {
+        check_actual(actual, state.model.spec().label_range)?;
     }
+    let variant = state.config.variant.as_str();
+    let user = header_user.or(fb.user_id);
+    let mut slots = vec![Slot::of(fb.feedback_type)];
+    if fb.actual.is_some() {
+        slots.push(Slot::Actual);
+    }
+    let predicted = match state.recent.claim(&fb.prediction_id, user.as_deref(), &slots) {
+        Claim::Accepted(p) => p,
+        Claim::Foreign => {
+            let owner = variant_of(&fb.prediction_id).unwrap_or("");
+            return Err(ApiError::new(
+                ErrorKind::InvalidInput,
+                if !owner.is_empty() && owner != variant && crate::config::is_valid_variant(owner)
+                {
+                    format!("`prediction_id` was issued by arm `{owner}`, not `{variant}`; send the feedback there")
+                } else {
+                    format!("`prediction_id` is not an id issued by arm `{variant}` (`{variant}-` and 32 hex digits)")
+                },
+            ));
+        }
+        Claim::Unknown => {
+            return Err(ApiError::new(
+                ErrorKind::UnknownPrediction,
+                format!(
+                    "`prediction_id` is not among the last {} predictions of arm `{variant}`: never issued, or forgotten",
+                    state.config.recent_predictions
+                ),
+            ))
+        }
+        Claim::Forbidden => {
+            return Err(ApiError::new(
+                ErrorKind::FeedbackForbidden,
+                "this prediction was made for a user: only feedback with the same `X-User-Id` (or body `user_id`) is taken",
+            ))
+        }
+        Claim::Duplicate(slot) => {
+            return Err(ApiError::new(
+                ErrorKind::DuplicateFeedback,
+                format!(
+                    "this prediction already received {}; feedback on a prediction is taken once of each kind",
+                    slot.describe()
+                ),
+            ))
+        }
+    };
     state.arm.feedback(fb.feedback_type);
     if let Some(r) = fb.rating {
         state.rating.observe(f64::from(r));
     }
-    let absolute_error = match (lookup, fb.actual) {
-        (IdLookup::Known(p), Some(actual)) => {
-            let e = (f64::from(p) - actual).abs();
-            state.abs_error.observe(e);
-            Some(e)
-        }
-        _ => None,
-    };
+    let absolute_error = fb.actual.map(|actual| {
+        let e = (f64::from(predicted) - actual).abs();
+        state.abs_error.observe(e);
+        e
+    });
     Ok(json_response(
         StatusCode::OK,
         &FeedbackAck {
             status: "recorded",
             variant,
             feedback_type: fb.feedback_type.as_str(),
-            matched: matches!(lookup, IdLookup::Known(_)),
+            matched: true,
             prediction_id: fb.prediction_id,
             absolute_error,
         },

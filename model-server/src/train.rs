@@ -206,6 +206,21 @@ pub fn column_stats(rows: &[&Vec<f32>], width: usize) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
+/// The labels a model accepts as ground truth: the range `targets` span, widened by
+/// [`LABEL_MARGIN`] on each side (wine quality 3-8 gives `[2, 9]`).
+pub fn label_range(targets: &[f32]) -> [f64; 2] {
+    let (low, high) = targets
+        .iter()
+        .map(|t| f64::from(*t))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
+            (lo.min(t), hi.max(t))
+        });
+    [low - LABEL_MARGIN, high + LABEL_MARGIN]
+}
+
+/// How far past the training labels an `actual` may lie (one quality point).
+pub const LABEL_MARGIN: f64 = 1.0;
+
 /// What a finished training run reports.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
@@ -385,6 +400,7 @@ pub fn train(
         features: data.features.clone(),
         normalization,
         target,
+        label_range: label_range(&data.targets),
         layers,
         training: TrainingInfo {
             seed: config.seed,
@@ -447,6 +463,12 @@ mod tests {
         assert_eq!(snake_case("\"free sulfur dioxide\""), "free_sulfur_dioxide");
         assert_eq!(snake_case("\"pH\""), "ph");
         assert_eq!(snake_case(" alcohol "), "alcohol");
+    }
+
+    #[test]
+    fn the_label_range_is_the_labels_span_widened_by_one_point() {
+        assert_eq!(label_range(&[5.0, 3.0, 8.0, 6.0]), [2.0, 9.0]);
+        assert_eq!(label_range(&[4.5]), [3.5, 5.5]);
     }
 
     #[test]

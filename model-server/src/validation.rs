@@ -27,6 +27,8 @@ pub struct Rows {
     pub count: usize,
     /// Whether the request was a batch (`instances`) rather than one row.
     pub batch: bool,
+    /// The body's `user_id` as the router keys it ([`body_user_key`]).
+    pub user_id: Option<Vec<u8>>,
 }
 
 /// A checked feedback.
@@ -38,8 +40,33 @@ pub struct Feedback {
     pub feedback_type: FeedbackType,
     /// 1–5, present exactly when `feedback_type` is `rating`.
     pub rating: Option<u8>,
-    /// The true quality, when the client knows it.
+    /// The true quality, when the client knows it (finite; the model's label range
+    /// is checked by [`check_actual`]).
     pub actual: Option<f64>,
+    /// The body's `user_id` as the router keys it ([`body_user_key`]).
+    pub user_id: Option<Vec<u8>>,
+}
+
+/// The user key of a body's `user_id`, as the router reads it when a request has no
+/// `X-User-Id`: a non-empty string's bytes, or a number's decimal text; else none.
+pub fn body_user_key(value: Option<&Value>) -> Option<Vec<u8>> {
+    match value? {
+        Value::String(s) if !s.is_empty() => Some(s.clone().into_bytes()),
+        Value::Number(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Refuses an `actual` outside the model's label range `[min, max]` (ends included).
+pub fn check_actual(actual: f64, range: [f64; 2]) -> Result<(), ApiError> {
+    let [low, high] = range;
+    if (low..=high).contains(&actual) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorKind::InvalidInput,
+        format!("`actual` = {actual:?} is outside the model's label range [{low}, {high}]"),
+    ))
 }
 
 fn list(names: &[&str]) -> String {
@@ -128,6 +155,7 @@ impl FeatureSchema {
         let map = parse_json(body, r#"{"features": {"alcohol": 9.4, ...}}"#)?;
         let mut features = None;
         let mut instances = None;
+        let user_id = body_user_key(map.get("user_id"));
         for (key, value) in &map {
             match key.as_str() {
                 "features" => features = Some(value),
@@ -167,6 +195,7 @@ impl FeatureSchema {
                     values,
                     count: 1,
                     batch: false,
+                    user_id,
                 })
             }
             (None, Some(Value::Array(items))) => {
@@ -193,6 +222,7 @@ impl FeatureSchema {
                     values,
                     count: items.len(),
                     batch: true,
+                    user_id,
                 })
             }
             (None, Some(other)) => Err(ApiError::new(
@@ -352,6 +382,7 @@ pub fn parse_feedback(body: &[u8]) -> Result<Feedback, ApiError> {
         feedback_type,
         rating,
         actual,
+        user_id: body_user_key(map.get("user_id")),
     })
 }
 
@@ -373,6 +404,7 @@ mod tests {
                     values: vec![9.4, 3.5],
                     count: 1,
                     batch: false,
+                    user_id: None,
                 },
             ),
             (
@@ -381,6 +413,7 @@ mod tests {
                     values: vec![10.0, 3.0],
                     count: 1,
                     batch: false,
+                    user_id: Some(b"u1".to_vec()),
                 },
             ),
             (
@@ -389,6 +422,7 @@ mod tests {
                     values: vec![-1000.0, 0.0],
                     count: 1,
                     batch: false,
+                    user_id: Some(b"7".to_vec()),
                 },
             ),
             (
@@ -397,6 +431,7 @@ mod tests {
                     values: vec![1.0, 2.0, 3.0, 4.0],
                     count: 2,
                     batch: true,
+                    user_id: None,
                 },
             ),
         ];
@@ -525,6 +560,18 @@ mod tests {
     }
 
     #[test]
+    fn an_actual_must_lie_in_the_label_range_ends_included() {
+        for ok in [2.0, 5.5, 9.0] {
+            assert_eq!(check_actual(ok, [2.0, 9.0]), Ok(()), "{ok}");
+        }
+        for bad in [1.999, 9.001, -1.0, 1e30, -1e300, f64::NAN, f64::INFINITY] {
+            let err = check_actual(bad, [2.0, 9.0]).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidInput);
+            assert!(err.message.contains("[2, 9]"), "{}", err.message);
+        }
+    }
+
+    #[test]
     fn feedback_is_checked_field_by_field() {
         let ok = parse_feedback(
             br#"{"prediction_id": "a-1", "feedback_type": "rating", "rating": 4, "actual": 6}"#,
@@ -535,9 +582,26 @@ mod tests {
                 prediction_id: "a-1".into(),
                 feedback_type: FeedbackType::Rating,
                 rating: Some(4),
-                actual: Some(6.0)
+                actual: Some(6.0),
+                user_id: None,
             })
         );
+        let keyed = |user: &str| {
+            parse_feedback(
+                format!(
+                    r#"{{"prediction_id": "a-1", "feedback_type": "accurate", "user_id": {user}}}"#
+                )
+                .as_bytes(),
+            )
+            .map(|f| f.user_id)
+        };
+        // The router's rule: a non-empty string, or a number's decimal text.
+        assert_eq!(keyed("\"u1\""), Ok(Some(b"u1".to_vec())));
+        assert_eq!(keyed("42"), Ok(Some(b"42".to_vec())));
+        assert_eq!(keyed("4.5"), Ok(Some(b"4.5".to_vec())));
+        assert_eq!(keyed("\"\""), Ok(None));
+        assert_eq!(keyed("null"), Ok(None));
+        assert_eq!(keyed("[1]"), Ok(None));
         let cases = [
             (
                 r#"{"feedback_type": "accurate"}"#,

@@ -409,6 +409,7 @@ proptest! {
     ) {
         let rows = if batch { rows } else { rows[..1].to_vec() };
         let texts: Vec<String> = rows.iter().map(|r| row_text(r, &order)).collect();
+        let user_id = user.as_ref().map(|u| u.clone().into_bytes());
         let user = user.map(|u| format!(", \"user_id\": \"{u}\"")).unwrap_or_default();
         let body = if batch {
             format!("{{\"instances\": [{}]{user}}}", texts.join(", "))
@@ -420,6 +421,7 @@ proptest! {
             values: rows.concat(),
             count: rows.len(),
             batch,
+            user_id,
         };
         let parsed = match parsed {
             Ok(p) => p,
@@ -427,6 +429,7 @@ proptest! {
         };
         prop_assert_eq!(parsed.count, expected.count);
         prop_assert_eq!(parsed.batch, expected.batch);
+        prop_assert_eq!(&parsed.user_id, &expected.user_id);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&parsed.values), bits(&expected.values), "{}", body);
     }
@@ -458,6 +461,7 @@ proptest! {
             feedback_type,
             rating,
             actual,
+            user_id: None,
         };
         let parsed = match parse_feedback(&serde_json::to_vec(&body).unwrap_or_default()) {
             Ok(p) => p,

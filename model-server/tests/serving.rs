@@ -403,10 +403,13 @@ async fn feedback_counts_by_type_and_measures_the_error_against_the_actual_quali
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
+    let hex = "0123456789abcdef0123456789abcdef";
     let foreign = server
         .post(
             "/feedback",
-            "{\"prediction_id\": \"candidate_model-00000000-1\", \"feedback_type\": \"accurate\"}",
+            &format!(
+                "{{\"prediction_id\": \"candidate_model-{hex}\", \"feedback_type\": \"accurate\"}}"
+            ),
         )
         .await;
     assert_eq!(foreign.status, 400);
@@ -414,14 +417,33 @@ async fn feedback_counts_by_type_and_measures_the_error_against_the_actual_quali
         .as_str()
         .unwrap_or("")
         .contains("candidate_model"));
-    let forgotten = server
-        .post(
-            "/feedback",
-            "{\"prediction_id\": \"best_model-00000000-1\", \"feedback_type\": \"accurate\"}",
-        )
-        .await;
-    assert_eq!(forgotten.status, 200);
-    assert_eq!(forgotten.json()["matched"], false);
+    // An id of this arm's shape that it does not remember (never issued, or
+    // forgotten) takes no feedback: anyone could make one up.
+    for unknown in [
+        format!("best_model-{hex}"),
+        "best_model-00000000-1".to_string(),
+    ] {
+        let r = server
+            .post(
+                "/feedback",
+                &format!("{{\"prediction_id\": \"{unknown}\", \"feedback_type\": \"accurate\"}}"),
+            )
+            .await;
+        let want = if unknown.len() == "best_model-".len() + 32 {
+            (404, "unknown_prediction")
+        } else {
+            (400, "invalid_input")
+        };
+        assert_eq!(
+            (
+                r.status.as_u16(),
+                r.json()["error"]["type"].as_str().unwrap_or("")
+            ),
+            want,
+            "{unknown}: {}",
+            r.text()
+        );
+    }
 
     let after = server.scrape().await;
     let fb = |s: &Scrape, t: &str| {
@@ -435,8 +457,8 @@ async fn feedback_counts_by_type_and_measures_the_error_against_the_actual_quali
     assert_eq!(fb(&after, "rating") - fb(&before, "rating"), 1.0);
     assert_eq!(
         fb(&after, "accurate") - fb(&before, "accurate"),
-        1.0,
-        "only the forgotten-id feedback counts"
+        0.0,
+        "refused feedback is not counted"
     );
     let abs_count = counter(
         &after,

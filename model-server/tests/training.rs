@@ -49,6 +49,16 @@ fn a_short_run_on_a_subset_lowers_validation_loss_and_writes_a_servable_model() 
             .any(|l| l.contains("epoch") && l.contains("validation_loss")),
         "{lines:?}"
     );
+    // The labels of the rows trained on, widened by one point.
+    let data = abgate_model_server::train::Dataset::read_csv(&config(dir.path(), 7).dataset)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let used = &data.targets[..400];
+    let low = used.iter().copied().fold(f32::INFINITY, f32::min);
+    let high = used.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(
+        report.spec.label_range,
+        [f64::from(low) - 1.0, f64::from(high) + 1.0]
+    );
     let model = Model::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let row = vec![
         7.4, 0.7, 0.0, 1.9, 0.076, 11.0, 34.0, 0.9978, 3.51, 0.56, 9.4,

@@ -11,11 +11,14 @@
 use xxhash_rust::xxh3::Xxh3Default;
 
 /// Where `key` falls in [0, 1) under `salt`.
-pub fn position(salt: &str, key: &str) -> f64 {
+///
+/// The key is hashed as the raw bytes the client sent (an `X-User-Id` such as `josé`,
+/// in UTF-8 or not, is as sticky as an ASCII one).
+pub fn position(salt: &str, key: impl AsRef<[u8]>) -> f64 {
     let mut hasher = Xxh3Default::new();
     hasher.update(salt.as_bytes());
     hasher.update(b":");
-    hasher.update(key.as_bytes());
+    hasher.update(key.as_ref());
     unit_interval(hasher.digest())
 }
 

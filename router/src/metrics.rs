@@ -141,6 +141,7 @@ pub struct RouterMetrics {
     reloads: IntCounterVec,
     last_reload: GaugeVec,
     failovers: IntCounterVec,
+    mismatched: IntCounterVec,
     assignments: IntCounterVec,
     endpoints: IntGaugeVec,
     /// Errors before an arm is chosen.
@@ -159,6 +160,10 @@ pub struct ArmSeries {
     pub up: IntGauge,
     /// `abgate_arm_weight{variant}`.
     pub weight: Gauge,
+    /// `abgate_upstream_mismatched_answers_total{variant}`: answers that carried
+    /// another request's `X-Request-Id` (never relayed; the request is re-sent once on
+    /// a fresh connection).
+    pub mismatched: IntCounter,
     assignments: [IntCounter; 3],
 }
 
@@ -202,6 +207,13 @@ impl RouterMetrics {
             Opts::new(
                 "abgate_failovers_total",
                 "Requests of an arm's users served by another arm because it was down.",
+            ),
+            &["variant"],
+        )?;
+        let mismatched = IntCounterVec::new(
+            Opts::new(
+                "abgate_upstream_mismatched_answers_total",
+                "Arm answers that carried another request's X-Request-Id: never relayed, the request re-sent once on a fresh connection.",
             ),
             &["variant"],
         )?;
@@ -262,6 +274,7 @@ impl RouterMetrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(mismatched.clone()))?;
         registry.register(Box::new(assignments.clone()))?;
         registry.register(Box::new(endpoints.clone()))?;
         registry.register(Box::new(shadows.requests.clone()))?;
@@ -277,6 +290,7 @@ impl RouterMetrics {
             reloads,
             last_reload,
             failovers,
+            mismatched,
             assignments,
             endpoints,
             unassigned,
@@ -302,6 +316,7 @@ impl RouterMetrics {
         ArmSeries {
             common: self.common.arm(variant),
             failovers: self.failovers.with_label_values(&[variant]),
+            mismatched: self.mismatched.with_label_values(&[variant]),
             up: self.up.with_label_values(&[variant]),
             weight: self.weight.with_label_values(&[variant]),
             assignments: Source::ALL

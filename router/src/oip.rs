@@ -71,7 +71,7 @@ async fn metadata(
     let key = req
         .headers()
         .get(USER_ID)
-        .and_then(|v| v.to_str().ok())
+        .map(HeaderValue::as_bytes)
         .filter(|k| !k.is_empty());
     let Some(arm) = policy::metadata_arm(active, key) else {
         let err = RouterError::NoHealthyArm("no arm is healthy".into()).to_api();

@@ -41,7 +41,7 @@ pub struct Assignment {
 }
 
 /// The sticky assignment of `key`, or a uniformly random one for an anonymous user.
-pub fn assign_key(active: &Active, key: Option<&str>) -> Assignment {
+pub fn assign_key(active: &Active, key: Option<&[u8]>) -> Assignment {
     let (position, source, user) = match key {
         Some(key) => (
             position(&active.config.salt, key),
@@ -78,22 +78,21 @@ pub fn assign(active: &Active, headers: &HeaderMap, body: &[u8]) -> Result<Assig
     Ok(assign_key(active, user_key(headers, body).as_deref()))
 }
 
-/// The sticky key: `X-User-Id`, else the body's `user_id` (string or number).
-pub fn user_key(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+/// The sticky key: `X-User-Id` (its raw bytes, UTF-8 or not), else the body's
+/// `user_id` (string, or a number as its decimal text).
+pub fn user_key(headers: &HeaderMap, body: &[u8]) -> Option<Vec<u8>> {
     if let Some(v) = headers.get(USER_ID) {
-        if let Ok(s) = v.to_str() {
-            if !s.is_empty() {
-                return Some(s.to_string());
-            }
+        if !v.as_bytes().is_empty() {
+            return Some(v.as_bytes().to_vec());
         }
     }
     body_user_id(&serde_json::from_slice::<Value>(body).ok()?)
 }
 
-fn body_user_id(body: &Value) -> Option<String> {
+fn body_user_id(body: &Value) -> Option<Vec<u8>> {
     match body.get("user_id")? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() => Some(s.clone().into_bytes()),
+        Value::Number(n) => Some(n.to_string().into_bytes()),
         _ => None,
     }
 }
@@ -157,7 +156,7 @@ pub fn serving_arm(active: &Active, assigned: &Assignment) -> Result<usize, Rout
 
 /// The arm that answers a metadata request: the user's own arm when it is up, else
 /// the first healthy arm in config order.
-pub fn metadata_arm(active: &Active, key: Option<&str>) -> Option<usize> {
+pub fn metadata_arm(active: &Active, key: Option<&[u8]>) -> Option<usize> {
     let own = key.map(|k| assign_key(active, Some(k)).arm);
     own.filter(|&a| active.arms[a].health.is_up())
         .or_else(|| active.arms.iter().position(|a| a.health.is_up()))
@@ -481,9 +480,9 @@ pub fn feedback_target(
     }
     let key = headers
         .get(USER_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(|v| v.as_bytes())
+        .filter(|k| !k.is_empty())
+        .map(<[u8]>::to_vec)
         .or_else(|| body.and_then(body_user_id));
     Ok(assign_key(active, key.as_deref()).arm)
 }

@@ -27,6 +27,9 @@ pub struct Upstream {
     pub buf: BytesMut,
     /// When it was last checked in.
     pub idle_since: Instant,
+    /// The arm has echoed `X-Request-Id` on this connection: every later answer on it
+    /// must carry the id of its own request.
+    pub echoes: bool,
 }
 
 struct ArmPool {
@@ -69,7 +72,7 @@ pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
                 arm.idle.clear();
                 return None;
             }
-            if still_open(&upstream.stream) {
+            if quiet(&upstream.stream) {
                 return Some(upstream);
             }
         }
@@ -77,12 +80,34 @@ pub fn checkout(authority: &str, limits: Limits) -> Option<Upstream> {
     })
 }
 
-/// Whether an idle connection shows neither bytes nor a close from the arm. Costs a
-/// `recv` only when the reactor has seen the socket become readable since the last
-/// read that found it empty; otherwise the reactor's readiness already says no.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+/// Whether a connection holds nothing from the arm: no byte waiting, no close, no
+/// error. Asks the kernel (a non-blocking `MSG_PEEK` of one byte) rather than the
+/// reactor's readiness, which lags while the worker is busy: a byte that arrived a
+/// microsecond ago, before the reactor was polled, is seen too. The byte is not
+/// consumed; a connection that shows one is dropped, never read.
+pub fn quiet(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Acknowledges at once whatever the arm sent so far (`TCP_QUICKACK`, which also
+/// flushes an ACK the kernel was delaying).
+///
+/// Why it matters: an arm that sent bytes nobody asked for, then the answer to the
+/// request in flight, may hold that answer back (Nagle's algorithm) until its earlier
+/// segment is acknowledged, and Linux delays that ACK by up to 40 ms, or until the
+/// router's next request carries it. Then the held answer arrives just *after* the
+/// next request is written, where no check can see it, and every later user reads
+/// the previous user's answer. Acknowledging when an exchange ends makes such bytes
+/// arrive while the connection is idle, where the checkout's peek sees them.
+pub fn acknowledge(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 /// Returns a connection whose last exchange ended cleanly.
@@ -162,6 +187,7 @@ mod tests {
             stream,
             buf: BytesMut::new(),
             idle_since: Instant::now(),
+            echoes: false,
         }
     }
 

@@ -98,15 +98,32 @@ const ROUTES: [Route<Target>; 9] = [
 pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<RouterBody> {
     let active = router.active();
     let request_id = request_id_or_new(req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes));
-    let mut response = match router.admit(active.config.max_concurrent_requests) {
-        None => {
-            let err = RouterError::Overloaded(active.config.max_concurrent_requests).to_api();
-            reject_unassigned(&router, &err)
+    // Only the data plane takes a concurrency slot: health, config, metrics and the
+    // status page answer from memory, so probes and scrapes keep working while every
+    // slot is held (a saturated router is not a dead one).
+    let mut response = if !is_data_plane(req.method(), req.uri().path()) {
+        route(&router, &active, req, &request_id).await
+    } else {
+        match router.admit(active.config.max_concurrent_requests) {
+            None => {
+                let err = RouterError::Overloaded(active.config.max_concurrent_requests).to_api();
+                reject_unassigned(&router, &err)
+            }
+            Some(_slot) => route(&router, &active, req, &request_id).await,
         }
-        Some(_slot) => route(&router, &active, req, &request_id).await,
     };
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
+}
+
+/// Whether a request is forwarded to an arm (and so takes a concurrency slot): every
+/// `POST`, and whatever the Open Inference Protocol forwards (`infer`, metadata).
+/// Everything else is answered from the router's memory.
+fn is_data_plane(method: &Method, path: &str) -> bool {
+    if method == Method::POST {
+        return true;
+    }
+    abgate_common::oip::is_oip(path) && !path.starts_with("/v2/health")
 }
 
 /// Answers and counts an error that happened before any arm was chosen.
@@ -206,8 +223,9 @@ pub(crate) async fn exchange(
     out.extend_from_slice(body);
     let mut kept = HeaderMap::new();
     let (endpoint, _inflight) = policy::pick_endpoint(active, index, *failed)?;
-    let target = upstream::Target::endpoint(arm, &endpoint);
-    let result = upstream::exchange_at(target, settings, &out, |n, v| {
+    let series = &active.arms[index].series;
+    let target = upstream::Target::endpoint(arm, &endpoint).counting(&series.mismatched);
+    let result = upstream::exchange_at(target, settings, &out, request_id.as_bytes(), |n, v| {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
             kept.append(n, v);
         }
@@ -319,13 +337,15 @@ pub(crate) async fn predict(
     request_id: &HeaderValue,
     endpoint: Endpoint,
 ) -> Response<RouterBody> {
-    let started = Instant::now();
     let (parts, body) = req.into_parts();
     let limit = active.config.body_limit_bytes;
     let body = match read_body(&parts.headers, body, limit, active.config.body_timeout).await {
         Ok(b) => b,
         Err(e) => return reject_unassigned_on(router, &e, endpoint),
     };
+    // The arm's latency starts once the request is complete: a client's slow upload
+    // is not the arm's time.
+    let started = Instant::now();
     let keyed_body: &[u8] = match endpoint {
         Endpoint::Predict => &body,
         Endpoint::Infer => &[],
@@ -387,7 +407,7 @@ pub(crate) async fn predict(
                 headers: pairs.iter().copied(),
                 request_id: request_id.as_bytes(),
                 body: &body,
-                primary: &answer.body,
+                primary: Some(&answer.body),
                 primary_elapsed: started.elapsed(),
             },
         );

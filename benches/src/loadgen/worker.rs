@@ -77,13 +77,18 @@ impl Worker {
     pub async fn request(&mut self, k: u64, intended: Instant) -> Result<(), LoadgenError> {
         let shared = Arc::clone(&self.shared);
         let workload = &shared.workload;
-        let (user, feedback, body) = match self.last_prediction.as_ref() {
+        // A prediction takes one feedback, from its own user (the arm refuses a repeat
+        // with 409 and another user's with 403).
+        let (user, feedback, body) = match self.last_prediction.take() {
             Some((id, user)) if workload.is_feedback(k) => {
-                let body = workload.feedback_body(id, self.feedback_sent)?;
+                let body = workload.feedback_body(&id, self.feedback_sent)?;
                 self.feedback_sent += 1;
-                (*user, true, body)
+                (user, true, body)
             }
-            _ => (workload.user_of(k), false, workload.predict_body(k)),
+            kept => {
+                self.last_prediction = kept;
+                (workload.user_of(k), false, workload.predict_body(k))
+            }
         };
         self.stats.requests += 1;
         let Ok(req) = build_request(&shared.target, feedback, user, body) else {

@@ -219,7 +219,9 @@ async fn infer_inner(
     let rows = request.rows;
     let predictions = state.inference.predict(request.values, rows).await?;
     state.rows.inc_by(rows as u64);
-    let prediction_ids = state.recent.record(&predictions);
+    // The protocol's body has no `user_id`: the user is `X-User-Id` (as the router keys it).
+    let user = crate::service::header_user(&parts.headers);
+    let prediction_ids = state.recent.record(&predictions, user.as_deref());
     let encoded = encode_infer(
         InferContext {
             model_name: &state.config.model_name,

@@ -259,6 +259,11 @@ pub fn set_weight_zero(text: &str, arm: &str) -> Result<String, String> {
     Ok(doc.to_string())
 }
 
+/// Writes `text` to a new temporary file beside `path`, then renames it over `path`.
+///
+/// The temporary file's name carries 128 random bits and it is created exclusively
+/// (`O_CREAT | O_EXCL`, which never follows a symlink): a file or link planted under a
+/// predictable name can neither be written through nor be renamed over the config.
 fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result<(), String> {
     let dir = path
         .parent()
@@ -268,16 +273,16 @@ fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "router.toml".into());
-    let tmp = dir.join(format!(".{name}.abgate-{}.tmp", std::process::id()));
+    let (tmp, mut file) = create_exclusive(&dir, &name)?;
     let fail = |e: std::io::Error| {
+        // Only ever removes the file this call created.
         let _ = std::fs::remove_file(&tmp);
         format!("cannot write {}: {e}", tmp.display())
     };
-    let mut file = std::fs::File::create(&tmp).map_err(fail)?;
     file.write_all(text.as_bytes()).map_err(fail)?;
+    file.set_permissions(meta.permissions()).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     drop(file);
-    std::fs::set_permissions(&tmp, meta.permissions()).map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!(
@@ -286,6 +291,26 @@ fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result
             path.display()
         )
     })
+}
+
+/// A new, empty file in `dir` under an unpredictable name, created by this call.
+fn create_exclusive(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File), String> {
+    let mut last = String::new();
+    for _ in 0..8 {
+        let tmp = dir.join(format!(".{name}.abgate-{:032x}.tmp", rand::random::<u128>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                last = format!("{} exists", tmp.display());
+            }
+            Err(e) => return Err(format!("cannot create {}: {e}", tmp.display())),
+        }
+    }
+    Err(format!("cannot create a temporary file: {last}"))
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ const SHARDS: usize = 16;
 
 /// The hash that decides sample membership: XXH3_64 with seed 1 (independent of the
 /// assignment hash, which uses the salt).
-pub fn user_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1)
+pub fn user_hash(key: impl AsRef<[u8]>) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_ref(), 1)
 }
 
 /// The sets hold XXH3 hashes already: rehash them with one multiply (Fibonacci

@@ -27,7 +27,7 @@ use crate::policy::{self, Answer, Assignment, ARM_ERROR_BODY_LIMIT};
 use crate::shadow;
 use crate::state::{Active, Router};
 use crate::upstream::h1::{self, Framing, Tags};
-use crate::upstream::relay::{relay, Relay, Sink};
+use crate::upstream::relay::{relay, BodyCopy, Relay, Sink};
 use crate::upstream::{self, release};
 use request::{inspect, Inspection, Plan};
 
@@ -36,6 +36,8 @@ use request::{inspect, Inspection, Plan};
 const HEAD_READ: usize = 4 * 1024;
 /// Read size for bodies larger than what is buffered.
 const READ_CHUNK: usize = 16 * 1024;
+/// Buffers larger than this are given back after a request.
+const KEEP_IDLE: usize = 64 * 1024;
 
 /// Serves `client` until it closes, the server stops, or a request needs hyper.
 pub async fn serve_connection(
@@ -97,14 +99,20 @@ pub async fn serve_connection(
             let _ = client.shutdown().await;
             return Handoff::Closed;
         }
-        let key = std::str::from_utf8(&conn.buf[plan.user.clone()]).ok();
+        // The arm's latency starts once the request is complete: a client's slow
+        // upload is not the arm's time.
+        let started = std::time::Instant::now();
+        let key = Some(&conn.buf[plan.user.clone()]);
         let mut assigned = policy::assign_key(&active, key);
         assigned.endpoint = plan.endpoint;
         match conn
             .forward(&mut client, &plan, &assigned, started, &active, &router)
             .await
         {
-            Ok(true) => conn.buf.advance(plan.head_len + plan.body_len),
+            Ok(true) => {
+                conn.buf.advance(plan.head_len + plan.body_len);
+                conn.shrink();
+            }
             Ok(false) => {
                 let _ = client.shutdown().await;
                 return Handoff::Closed;
@@ -139,6 +147,25 @@ impl Connection {
             out: Vec::with_capacity(HEAD_READ),
             kept: Vec::with_capacity(512),
             head: Vec::with_capacity(HEAD_READ),
+        }
+    }
+
+    /// Gives back buffers a large request grew: an idle keep-alive connection holds
+    /// a few KiB whatever it carried before, so memory follows the requests in
+    /// flight, not the connections open.
+    fn shrink(&mut self) {
+        if self.buf.capacity() > KEEP_IDLE {
+            let mut fresh = BytesMut::with_capacity(HEAD_READ.max(self.buf.len()));
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
+        }
+        for v in [&mut self.out, &mut self.head] {
+            if v.capacity() > KEEP_IDLE {
+                *v = Vec::with_capacity(HEAD_READ);
+            }
+        }
+        if self.kept.capacity() > KEEP_IDLE {
+            self.kept = Vec::with_capacity(512);
         }
     }
 
@@ -299,56 +326,16 @@ impl Connection {
             status: response.status,
             error,
         };
-        // Shadow traffic (crate::shadow): a `/predict` user sampled for a shadow of the
-        // serving arm has the arm's body read whole, written with its length, then
-        // mirrored. Every other request takes the streaming relay below, unchanged.
-        let key = || std::str::from_utf8(&buf[plan.user.clone()]).ok();
-        if error.is_none()
+        // Shadow traffic (crate::shadow): for a `/predict` user sampled for a shadow of
+        // the serving arm, a copy of the body is kept beside the relay (up to the
+        // shadow's limit) and mirrored once the client has its answer. The client's
+        // answer is relayed exactly as without a shadow, whatever the body's size.
+        let key = || Some(&buf[plan.user.clone()]);
+        let mut copy = (error.is_none()
             && !active.shadows.is_empty()
             && plan.endpoint == abgate_common::metrics::Endpoint::Predict
-            && shadow::wanted(active, serving, assigned.source, key())
-        {
-            let mut body = Vec::new();
-            let mut sink = Sink::Buffer {
-                body: &mut body,
-                limit: shadow::ANSWER_LIMIT,
-            };
-            let reason = match relay(&mut upstream, response.framing, &mut sink, deadline).await {
-                Relay::Done => {
-                    release(upstream, &response, settings);
-                    h1::write_status_line(head, response.status);
-                    head.extend_from_slice(kept);
-                    let framing = Framing::Length(body.len());
-                    h1::end_client_head(head, response.status, framing, &tags);
-                    head.extend_from_slice(&body);
-                    let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
-                    policy::record_prediction(router, active, assigned, serving, answered, started);
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return Err(ClientGone);
-                    }
-                    let request = shadow::Mirrored {
-                        path: &buf[plan.path.clone()],
-                        headers: plan
-                            .headers
-                            .iter()
-                            .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
-                        request_id,
-                        body: &buf[plan.head_len..plan.head_len + plan.body_len],
-                        primary: &body,
-                        primary_elapsed: started.elapsed(),
-                    };
-                    shadow::mirror(active, serving, assigned.source, key(), request);
-                    return Ok(!plan.close);
-                }
-                Relay::UpstreamFailed { reason, .. } => reason,
-                Relay::TooLarge | Relay::ClientGone => "the answer is too large to mirror",
-            };
-            // Nothing reached the client yet: a 502, as from any broken arm.
-            let err = broken(active, serving.unwrap_or(assigned.arm), reason);
-            let answer = Answer::Router(err.kind);
-            policy::record_prediction(router, active, assigned, serving, answer, started);
-            return send_error(client, head, &err, plan, &tags, active.config.send_timeout).await;
-        }
+            && shadow::wanted(active, serving, assigned.source, key()))
+        .then(|| BodyCopy::new(shadow::ANSWER_LIMIT));
         h1::write_status_line(head, response.status);
         head.extend_from_slice(kept);
         h1::end_client_head(head, response.status, response.framing, &tags);
@@ -357,6 +344,7 @@ impl Connection {
             pending: head,
             send_timeout: active.config.send_timeout,
             wrote: false,
+            copy: copy.as_mut(),
         };
         let relayed = relay(&mut upstream, response.framing, &mut sink, deadline).await;
         let wrote = matches!(sink, Sink::Client { wrote: true, .. });
@@ -364,6 +352,20 @@ impl Connection {
             Relay::Done => {
                 policy::record_prediction(router, active, assigned, serving, answered, started);
                 release(upstream, &response, settings);
+                if let Some(copy) = &copy {
+                    let request = shadow::Mirrored {
+                        path: &buf[plan.path.clone()],
+                        headers: plan
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
+                        request_id,
+                        body: &buf[plan.head_len..plan.head_len + plan.body_len],
+                        primary: (!copy.overflowed).then_some(&copy.body[..]),
+                        primary_elapsed: started.elapsed(),
+                    };
+                    shadow::mirror(active, serving, assigned.source, key(), request);
+                }
                 Ok(!plan.close && response.framing != Framing::UntilClose)
             }
             Relay::UpstreamFailed { relayed, reason } => {
@@ -422,8 +424,9 @@ impl policy::Attempt for FastAttempt<'_> {
         let kept = &mut *self.kept;
         let settings = &self.active.config.upstream;
         let (endpoint, _inflight) = policy::pick_endpoint(self.active, index, self.failed)?;
-        let target = upstream::Target::endpoint(arm, &endpoint);
-        let result = upstream::exchange_at(target, settings, self.out, |n, v| {
+        let series = &self.active.arms[index].series;
+        let target = upstream::Target::endpoint(arm, &endpoint).counting(&series.mismatched);
+        let result = upstream::exchange_at(target, settings, self.out, self.request_id, |n, v| {
             h1::push_header(kept, n, v)
         })
         .await;
@@ -490,7 +493,7 @@ pub fn rewrite_without_sockets(
     if request.len() < plan.head_len + plan.body_len {
         return None;
     }
-    let key = std::str::from_utf8(&request[plan.user.clone()]).ok();
+    let key = Some(&request[plan.user.clone()]);
     let assigned = policy::assign_key(active, key);
     let arm = &active.arms[assigned.arm];
     let id = new_request_id();
@@ -509,7 +512,10 @@ pub fn rewrite_without_sockets(
     out.extend_from_slice(&request[plan.head_len..plan.head_len + plan.body_len]);
     let mut kept = Vec::with_capacity(512);
     let h1::Parsed::Final(_, head) =
-        h1::parse_response(response, |n, v| h1::push_header(&mut kept, n, v)).ok()?
+        h1::parse_response(response, id.as_bytes(), |n, v| {
+            h1::push_header(&mut kept, n, v)
+        })
+        .ok()?
     else {
         return None;
     };

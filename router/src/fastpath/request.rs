@@ -61,10 +61,12 @@ pub fn prediction_endpoint(target: &str) -> Option<Endpoint> {
 }
 
 /// `HeaderValue::to_str`'s rule: visible ASCII, space and tab.
-fn visible_ascii(value: &[u8]) -> bool {
+/// A field value (RFC 9110 §5.5): visible ASCII, space, tab and obs-text (bytes over
+/// 0x7F, such as UTF-8), never a control byte. The sticky key is its raw bytes.
+fn field_value(value: &[u8]) -> bool {
     value
         .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
@@ -113,7 +115,7 @@ pub fn inspect(buf: &[u8], max_head_bytes: usize, body_limit: usize) -> Inspecti
                 _ => return Inspection::Hyper,
             }
         } else if name.eq_ignore_ascii_case(b"x-user-id") {
-            if user.is_some() || value.is_empty() || !visible_ascii(value) {
+            if user.is_some() || value.is_empty() || !field_value(value) {
                 return Inspection::Hyper;
             }
             user = Some(span(buf, value));

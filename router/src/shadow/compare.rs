@@ -9,14 +9,14 @@ pub const SAMPLE_SEED: u64 = 2;
 
 /// Whether the user `key` is in a shadow's sample: `XXH3_64(seed 2, key) <
 /// sample * 2^64`. Sticky: the same key is always in or always out.
-pub fn sampled(key: &str, sample: f64) -> bool {
+pub fn sampled(key: impl AsRef<[u8]>, sample: f64) -> bool {
     if sample >= 1.0 {
         return true;
     }
     if sample <= 0.0 {
         return false;
     }
-    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), SAMPLE_SEED);
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_ref(), SAMPLE_SEED);
     // 2^64 * sample < 2^64: the cast cannot saturate.
     let threshold = (sample * 18_446_744_073_709_551_616.0) as u64;
     hash < threshold

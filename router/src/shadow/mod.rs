@@ -84,7 +84,7 @@ pub fn build(
 
 /// Whether a request answered by arm `served` is mirrored to any shadow: a sticky
 /// key sampled by a shadow of that arm. Free when no shadow is configured.
-pub fn wanted(active: &Active, served: Option<usize>, source: Source, key: Option<&str>) -> bool {
+pub fn wanted(active: &Active, served: Option<usize>, source: Source, key: Option<&[u8]>) -> bool {
     if active.shadows.is_empty() {
         return false;
     }
@@ -107,8 +107,9 @@ pub struct Mirrored<'a, H> {
     pub request_id: &'a [u8],
     /// The request body.
     pub body: &'a [u8],
-    /// The primary's (2xx) answer body, as the client got it.
-    pub primary: &'a [u8],
+    /// The primary's (2xx) answer body, as the client got it; `None` when it was too
+    /// large to keep a copy of.
+    pub primary: Option<&'a [u8]>,
     /// How long the primary took, from request start to answer.
     pub primary_elapsed: Duration,
 }
@@ -120,7 +121,7 @@ pub fn mirror<'h, H>(
     active: &Active,
     served: Option<usize>,
     source: Source,
-    key: Option<&str>,
+    key: Option<&[u8]>,
     request: Mirrored<'_, H>,
 ) where
     H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -131,16 +132,23 @@ pub fn mirror<'h, H>(
     let (Some(served), Some(key)) = (served, key) else {
         return;
     };
+    // An answer over the limit is not compared (the client had it whole regardless):
+    // the copy is skipped and counted as dropped.
+    let answer = request.primary.filter(|p| p.len() <= ANSWER_LIMIT);
     let mut primary: Option<Arc<[u8]>> = None;
     for shadow in &active.shadows {
         if shadow.of != served || !sampled(key, shadow.config.sample) {
             continue;
         }
+        let Some(answer) = answer else {
+            shadow.series.result(ShadowResult::Dropped);
+            continue;
+        };
         let Some(slot) = InFlight::take(&shadow.stats, shadow.config.max_in_flight) else {
             shadow.series.result(ShadowResult::Dropped);
             continue;
         };
-        let primary = Arc::clone(primary.get_or_insert_with(|| Arc::from(request.primary)));
+        let primary = Arc::clone(primary.get_or_insert_with(|| Arc::from(answer)));
         let mut out = Vec::with_capacity(1024 + request.body.len());
         let headers = request
             .headers
@@ -164,6 +172,7 @@ pub fn mirror<'h, H>(
             tolerance: shadow.config.tolerance,
             stats: Arc::clone(&shadow.stats),
             primary_elapsed: request.primary_elapsed,
+            request_id: request.request_id.to_vec(),
         };
         tokio::spawn(async move {
             let _slot = slot;
@@ -203,6 +212,8 @@ struct Copy {
     tolerance: f64,
     stats: Arc<ShadowStats>,
     primary_elapsed: Duration,
+    /// The request id the copy carries (the shadow's answer must echo it, if any).
+    request_id: Vec<u8>,
 }
 
 impl Copy {
@@ -239,7 +250,7 @@ impl Copy {
     /// The shadow's 2xx answer body, or `None` for any failure.
     async fn exchange(&self, request: &[u8], deadline: Instant) -> Option<Vec<u8>> {
         let (mut upstream, head) =
-            upstream::exchange(&self.arm, &self.settings, request, |_, _| {})
+            upstream::exchange(&self.arm, &self.settings, request, &self.request_id, |_, _| {})
                 .await
                 .map_err(|e| tracing::debug!(shadow = %self.arm.name, error = %e, "shadow failed"))
                 .ok()?;
@@ -377,13 +388,13 @@ mod tests {
     fn only_sticky_users_served_by_the_mirrored_arm_are_wanted() {
         let router = router_with("sample = 1.0\n");
         let active = router.active();
-        assert!(wanted(&active, Some(0), Source::Sticky, Some("u")));
+        assert!(wanted(&active, Some(0), Source::Sticky, Some(&b"u"[..])));
         assert!(
-            !wanted(&active, Some(1), Source::Sticky, Some("u")),
+            !wanted(&active, Some(1), Source::Sticky, Some(&b"u"[..])),
             "another arm"
         );
         assert!(
-            !wanted(&active, None, Source::Sticky, Some("u")),
+            !wanted(&active, None, Source::Sticky, Some(&b"u"[..])),
             "no arm served"
         );
         assert!(
@@ -391,11 +402,11 @@ mod tests {
             "anonymous"
         );
         assert!(
-            !wanted(&active, Some(0), Source::Override, Some("u")),
+            !wanted(&active, Some(0), Source::Override, Some(&b"u"[..])),
             "override"
         );
         let none = router_with("sample = 0.0\n");
-        assert!(!wanted(&none.active(), Some(0), Source::Sticky, Some("u")));
+        assert!(!wanted(&none.active(), Some(0), Source::Sticky, Some(&b"u"[..])));
     }
 
     #[test]

@@ -9,6 +9,9 @@ use std::io::Write as _;
 
 use crate::headers::{forwarded_downstream, forwarded_upstream, ConnectionTokens};
 
+/// The request id header, lower case.
+const REQUEST_ID: &[u8] = b"x-request-id";
+
 /// Response heads with more header lines are refused.
 pub const MAX_HEADERS: usize = 64;
 /// The longest chunk-size line (size plus extensions) accepted.
@@ -36,6 +39,21 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The arm's connection may carry another request after this response.
     pub reusable: bool,
+    /// What the answer's `X-Request-Id` says about which request it answers.
+    pub echo: Echo,
+}
+
+/// Whether an answer carries the id of the request it answers. abgate's model server
+/// echoes `X-Request-Id` on every answer, so an answer with another id is some other
+/// exchange's (a stray or duplicated response) and must never reach this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// No `X-Request-Id` in the answer (an arm that does not echo).
+    Absent,
+    /// The answer's id is the request's.
+    Matches,
+    /// The answer's id is another request's.
+    Differs,
 }
 
 /// What the start of an arm's answer turned out to be.
@@ -104,7 +122,14 @@ pub fn parse_length(value: &[u8]) -> Option<usize> {
 /// `Transfer-Encoding` must be exactly `chunked` (and then any length is dropped);
 /// `101` is refused; `204`/`304` have no body; neither header means the body ends
 /// at close (and the connection is not reused).
-pub fn parse_response(buf: &[u8], mut keep: impl FnMut(&[u8], &[u8])) -> Result<Parsed, String> {
+///
+/// `request_id` is the id the request carried: the answer's `X-Request-Id`, if any, is
+/// compared with it ([`ResponseHead::echo`]).
+pub fn parse_response(
+    buf: &[u8],
+    request_id: &[u8],
+    mut keep: impl FnMut(&[u8], &[u8]),
+) -> Result<Parsed, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut slots);
     let len = match res.parse(buf) {
@@ -122,9 +147,19 @@ pub fn parse_response(buf: &[u8], mut keep: impl FnMut(&[u8], &[u8])) -> Result<
     }
     let mut connection = ConnectionTokens::default();
     let (mut length, mut chunked) = (None, false);
+    let mut echo = Echo::Absent;
     for header in res.headers.iter() {
         let name = header.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
+        if name.eq_ignore_ascii_case(REQUEST_ID) {
+            // Any differing copy makes it another exchange's answer.
+            if echo != Echo::Differs {
+                echo = if header.value.trim_ascii() == request_id {
+                    Echo::Matches
+                } else {
+                    Echo::Differs
+                };
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
             connection.add(header.value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
             match (length, parse_length(header.value.trim_ascii())) {
@@ -166,6 +201,7 @@ pub fn parse_response(buf: &[u8], mut keep: impl FnMut(&[u8], &[u8])) -> Result<
             status,
             framing,
             reusable,
+            echo,
         },
     ))
 }
@@ -341,7 +377,7 @@ mod tests {
 
     fn head(text: &str) -> Result<(Parsed, Vec<String>), String> {
         let mut kept = Vec::new();
-        let parsed = parse_response(text.as_bytes(), |n, v| {
+        let parsed = parse_response(text.as_bytes(), b"", |n, v| {
             kept.push(format!(
                 "{}={}",
                 String::from_utf8_lossy(n),

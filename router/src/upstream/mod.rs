@@ -18,7 +18,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::{ArmConfig, UpstreamConfig};
 use crate::error::RouterError;
 use crate::pool::{self, Upstream};
-use h1::{Parsed, ResponseHead};
+use h1::{Echo, Parsed, ResponseHead};
 
 /// The largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -29,6 +29,10 @@ const HEAD_READ: usize = 4 * 1024;
 enum Failure {
     /// A reused connection had been closed by the arm before the request reached it.
     Stale,
+    /// The answer carries another request's `X-Request-Id`: bytes some other exchange
+    /// left on the connection (or an arm that stopped echoing ids on a connection
+    /// where it echoed them before).
+    Mismatch,
     /// No complete response head in time.
     Timeout,
     /// The connection broke or the answer was not valid HTTP/1.1.
@@ -51,6 +55,9 @@ pub struct Target<'a> {
     pub arm: &'a str,
     /// `host:port` or `ip:port` to connect to.
     pub connect: &'a str,
+    /// Counts answers that carried another request's id
+    /// (`abgate_upstream_mismatched_answers_total{variant}`), when given.
+    pub mismatched: Option<&'a prometheus::IntCounter>,
 }
 
 impl<'a> Target<'a> {
@@ -59,6 +66,7 @@ impl<'a> Target<'a> {
         Target {
             arm: &arm.name,
             connect: arm.authority.as_str(),
+            mismatched: None,
         }
     }
 
@@ -67,6 +75,15 @@ impl<'a> Target<'a> {
         Target {
             arm: &arm.name,
             connect: &endpoint.key,
+            mismatched: None,
+        }
+    }
+
+    /// The same target, counting mismatched answers on `counter`.
+    pub fn counting(self, counter: &'a prometheus::IntCounter) -> Target<'a> {
+        Target {
+            mismatched: Some(counter),
+            ..self
         }
     }
 }
@@ -93,6 +110,7 @@ async fn connect(
                 stream,
                 buf: BytesMut::with_capacity(HEAD_READ),
                 idle_since: Instant::now(),
+                echoes: false,
             });
         }
     };
@@ -102,19 +120,24 @@ async fn connect(
     }))
 }
 
-/// Sends `request` (a complete HTTP/1.1 request) to `arm` and reads the final
-/// response head. `keep` receives each response header the client may see. On
-/// success the body (or its start) is in the returned connection's buffer.
+/// Sends `request` (a complete HTTP/1.1 request carrying `X-Request-Id: request_id`)
+/// to `arm` and reads the final response head. `keep` receives each response header
+/// the client may see. On success the body (or its start) is in the returned
+/// connection's buffer.
 ///
 /// A pooled connection that the arm had closed before the request reached it is
-/// replaced by a fresh one at once: not an error, not a failover.
+/// replaced by a fresh one at once: not an error, not a failover. An answer that
+/// carries another request's id (bytes some earlier exchange left behind) is never
+/// relayed: the connection is closed, the request is sent once more on a fresh
+/// connection, and the mismatch is counted.
 pub async fn exchange(
     arm: &ArmConfig,
     settings: &UpstreamConfig,
     request: &[u8],
+    request_id: &[u8],
     keep: impl FnMut(&[u8], &[u8]),
 ) -> Result<(Upstream, ResponseHead), RouterError> {
-    exchange_at(Target::arm(arm), settings, request, keep).await
+    exchange_at(Target::arm(arm), settings, request, request_id, keep).await
 }
 
 /// [`exchange`] with `target`: one endpoint of an arm.
@@ -122,6 +145,7 @@ pub async fn exchange_at(
     target: Target<'_>,
     settings: &UpstreamConfig,
     request: &[u8],
+    request_id: &[u8],
     mut keep: impl FnMut(&[u8], &[u8]),
 ) -> Result<(Upstream, ResponseHead), RouterError> {
     let deadline = Instant::now() + settings.request_timeout;
@@ -131,6 +155,7 @@ pub async fn exchange_at(
     };
     let authority = target.connect;
     let mut pooled = pool::checkout(authority, pool_limits(settings));
+    let mut mismatched = false;
     loop {
         let reused = pooled.is_some();
         let mut upstream = match pooled.take() {
@@ -141,11 +166,30 @@ pub async fn exchange_at(
                 Err(None) => return Err(timed_out()),
             },
         };
-        match send(&mut upstream, reused, request, &mut keep, deadline).await {
+        match send(&mut upstream, reused, request, request_id, &mut keep, deadline).await {
             Ok(head) => return Ok((upstream, head)),
             // Closed while idle (a keep-alive timeout, a restart): its other idle
             // connections likely went the same way.
             Err(Failure::Stale) => pool::purge(authority),
+            // Another exchange's answer: this connection is dropped (closed) here,
+            // and the request goes once more over a fresh connection.
+            Err(Failure::Mismatch) => {
+                if let Some(counter) = target.mismatched {
+                    counter.inc();
+                }
+                tracing::warn!(
+                    arm = target.arm,
+                    endpoint = authority,
+                    "an arm answered with another request's X-Request-Id; connection closed"
+                );
+                if mismatched {
+                    return Err(RouterError::Broken {
+                        arm: target.arm.to_string(),
+                        reason: "the answer carried another request's X-Request-Id".into(),
+                    });
+                }
+                mismatched = true;
+            }
             Err(Failure::Timeout) => return Err(timed_out()),
             Err(Failure::Broken(reason)) => {
                 return Err(RouterError::Broken {
@@ -162,6 +206,7 @@ async fn send(
     upstream: &mut Upstream,
     reused: bool,
     request: &[u8],
+    request_id: &[u8],
     keep: &mut impl FnMut(&[u8], &[u8]),
     deadline: Instant,
 ) -> Result<ResponseHead, Failure> {
@@ -180,8 +225,18 @@ async fn send(
     upstream.buf.clear();
     loop {
         if !upstream.buf.is_empty() {
-            match h1::parse_response(&upstream.buf, &mut *keep) {
+            match h1::parse_response(&upstream.buf, request_id, &mut *keep) {
                 Ok(Parsed::Final(len, head)) => {
+                    match head.echo {
+                        Echo::Differs => return Err(Failure::Mismatch),
+                        // An arm that echoed ids on this connection and now does not:
+                        // this answer is not the one to our request.
+                        Echo::Absent if upstream.echoes && !request_id.is_empty() => {
+                            return Err(Failure::Mismatch)
+                        }
+                        Echo::Matches => upstream.echoes = true,
+                        Echo::Absent => {}
+                    }
                     upstream.buf.advance(len);
                     return Ok(head);
                 }
@@ -214,9 +269,15 @@ async fn send(
 }
 
 /// Returns a connection to the pool if its last response was framed exactly and
-/// left no byte unread; otherwise it is closed.
-pub fn release(upstream: Upstream, head: &ResponseHead, settings: &UpstreamConfig) {
-    if head.reusable && upstream.buf.is_empty() {
+/// left no byte unread — neither in the buffer nor already waiting in the socket;
+/// otherwise it is closed. (Bytes that arrive later are caught at checkout.)
+pub fn release(mut upstream: Upstream, head: &ResponseHead, settings: &UpstreamConfig) {
+    pool::acknowledge(&upstream.stream);
+    if head.reusable && upstream.buf.is_empty() && pool::quiet(&upstream.stream) {
+        // An idle connection keeps a head-sized buffer, whatever its last body was.
+        if upstream.buf.capacity() > 4 * HEAD_READ {
+            upstream.buf = BytesMut::with_capacity(HEAD_READ);
+        }
         pool::checkin(upstream, pool_limits(settings));
     }
 }
@@ -241,6 +302,7 @@ pub async fn probe(
         &mut upstream,
         false,
         request.as_bytes(),
+        b"",
         &mut |_, _| {},
         deadline,
     )
@@ -252,6 +314,7 @@ pub async fn probe(
             within.as_millis()
         )),
         Err(Failure::Stale) => Err("connection closed before the response".into()),
+        Err(Failure::Mismatch) => Err("the answer carried another request's id".into()),
         Err(Failure::Broken(reason)) => Err(format!("health check failed: {reason}")),
     }
 }

@@ -31,6 +31,8 @@ pub enum Sink<'a> {
         send_timeout: Duration,
         /// Whether any byte has been written.
         wrote: bool,
+        /// A copy of the decoded body kept beside the relay (for a shadow), if wanted.
+        copy: Option<&'a mut BodyCopy>,
     },
     /// Collected in memory (bodies hyper relays, error bodies), up to `limit` bytes.
     Buffer {
@@ -39,6 +41,41 @@ pub enum Sink<'a> {
         /// The largest body accepted.
         limit: usize,
     },
+}
+
+/// A copy of a relayed body, kept up to `limit` bytes. Past the limit the copy is
+/// abandoned (`overflowed`) while the client's answer goes on unchanged.
+#[derive(Debug, Default)]
+pub struct BodyCopy {
+    /// The body so far (empty once it overflowed).
+    pub body: Vec<u8>,
+    /// The largest copy kept.
+    pub limit: usize,
+    /// The body outgrew `limit`.
+    pub overflowed: bool,
+}
+
+impl BodyCopy {
+    /// An empty copy of at most `limit` bytes.
+    pub fn new(limit: usize) -> BodyCopy {
+        BodyCopy {
+            body: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+
+    fn keep(&mut self, data: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.body.len() + data.len() > self.limit {
+            self.overflowed = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(data);
+    }
 }
 
 /// How a relay ended.
@@ -61,9 +98,15 @@ pub enum Relay {
 }
 
 impl Sink<'_> {
+    /// Body bytes (decoded).
     fn push(&mut self, data: &[u8]) -> Result<(), Relay> {
         match self {
-            Sink::Client { pending, .. } => pending.extend_from_slice(data),
+            Sink::Client { pending, copy, .. } => {
+                pending.extend_from_slice(data);
+                if let Some(copy) = copy {
+                    copy.keep(data);
+                }
+            }
             Sink::Buffer { body, limit } => {
                 if body.len() + data.len() > *limit {
                     return Err(Relay::TooLarge);
@@ -74,12 +117,20 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Framing bytes toward the client (chunk lines), never part of a copy.
+    fn push_framing(&mut self, data: &[u8]) {
+        if let Sink::Client { pending, .. } = self {
+            pending.extend_from_slice(data);
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), Relay> {
         if let Sink::Client {
             stream,
             pending,
             send_timeout,
             wrote,
+            ..
         } = self
         {
             if pending.is_empty() {
@@ -216,7 +267,7 @@ async fn chunked(
             ChunkStep::Data { line, size } => {
                 upstream.buf.advance(line);
                 if sink.rechunks() {
-                    sink.push(format!("{size:x}\r\n").as_bytes())?;
+                    sink.push_framing(format!("{size:x}\r\n").as_bytes());
                 }
                 copy(upstream, size, sink, true, deadline).await?;
                 while upstream.buf.len() < 2 {
@@ -227,7 +278,7 @@ async fn chunked(
                 }
                 upstream.buf.advance(2);
                 if sink.rechunks() {
-                    sink.push(b"\r\n")?;
+                    sink.push_framing(b"\r\n");
                 }
                 started = true;
                 sink.flush_if_large().await?;
@@ -235,7 +286,7 @@ async fn chunked(
             ChunkStep::End { len } => {
                 upstream.buf.advance(len);
                 if sink.rechunks() {
-                    sink.push(b"0\r\n\r\n")?;
+                    sink.push_framing(b"0\r\n\r\n");
                 }
                 return Ok(());
             }
