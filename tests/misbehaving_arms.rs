@@ -60,14 +60,12 @@ fn answer(user: &str) -> String {
     format!("{{\"prediction\":5.0,\"user\":\"{user}\"}}")
 }
 
-fn plain(user: &str) -> Vec<u8> {
-    plain_with_id(user, None)
-}
-
 /// A plain answer, carrying `X-Request-Id: id` when given (as abgate's arms do).
 fn plain_with_id(user: &str, id: Option<&str>) -> Vec<u8> {
     let body = answer(user);
-    let id = id.map(|id| format!("x-request-id: {id}\r\n")).unwrap_or_default();
+    let id = id
+        .map(|id| format!("x-request-id: {id}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{id}content-length: {}\r\n\r\n{body}",
         body.len()
@@ -449,7 +447,12 @@ async fn every_later_user_gets_their_own_answer(m: Misbehaviour, path: Path, ech
         assert_eq!(status, 200, "{m:?}/{path:?}: {user}");
         assert_eq!(body, answer(&user), "{m:?}/{path:?}: {user}");
     }
-    if echo && matches!(m, Misbehaviour::StrayResponse | Misbehaviour::BodyAfterNoContent) {
+    if echo
+        && matches!(
+            m,
+            Misbehaviour::StrayResponse | Misbehaviour::BodyAfterNoContent
+        )
+    {
         let metrics = router.metrics(&client()).await;
         let mismatched = metric(
             &metrics,

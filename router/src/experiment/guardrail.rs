@@ -297,7 +297,10 @@ fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result
 fn create_exclusive(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File), String> {
     let mut last = String::new();
     for _ in 0..8 {
-        let tmp = dir.join(format!(".{name}.abgate-{:032x}.tmp", rand::random::<u128>()));
+        let tmp = dir.join(format!(
+            ".{name}.abgate-{:032x}.tmp",
+            rand::random::<u128>()
+        ));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -362,6 +365,32 @@ weight = 10 # ten percent
         std::os::unix::fs::symlink(&path, &link).unwrap_or_else(|e| panic!("{e}"));
         let err = edit_file(&link, "best_model").unwrap_err();
         assert!(err.contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn a_planted_temp_file_link_is_never_followed_nor_renamed_over_the_config() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, FILE).unwrap_or_else(|e| panic!("{e}"));
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap_or_else(|e| panic!("{e}"));
+        // Links under the names a writer could predict (the process id, a counter).
+        for name in [
+            format!(".router.toml.abgate-{}.tmp", std::process::id()),
+            ".router.toml.tmp".to_string(),
+            "router.toml.tmp".to_string(),
+        ] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let text = edit_file(&path, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap_or_default(),
+            "precious"
+        );
+        let meta = std::fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(meta.file_type().is_file(), "router.toml is a regular file");
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text);
     }
 
     fn router_at(path: &Path) -> std::sync::Arc<Router> {

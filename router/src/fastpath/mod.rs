@@ -111,7 +111,7 @@ pub async fn serve_connection(
         {
             Ok(true) => {
                 conn.buf.advance(plan.head_len + plan.body_len);
-                conn.shrink();
+                conn.shrink(plan.head_len + plan.body_len);
             }
             Ok(false) => {
                 let _ = client.shutdown().await;
@@ -153,8 +153,11 @@ impl Connection {
     /// Gives back buffers a large request grew: an idle keep-alive connection holds
     /// a few KiB whatever it carried before, so memory follows the requests in
     /// flight, not the connections open.
-    fn shrink(&mut self) {
-        if self.buf.capacity() > KEEP_IDLE {
+    ///
+    /// `consumed`: the bytes just advanced past, which still belong to the buffer's
+    /// allocation (a `BytesMut`'s capacity counts only what lies ahead).
+    fn shrink(&mut self, consumed: usize) {
+        if consumed + self.buf.capacity() > KEEP_IDLE {
             let mut fresh = BytesMut::with_capacity(HEAD_READ.max(self.buf.len()));
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
@@ -511,11 +514,10 @@ pub fn rewrite_without_sockets(
     );
     out.extend_from_slice(&request[plan.head_len..plan.head_len + plan.body_len]);
     let mut kept = Vec::with_capacity(512);
-    let h1::Parsed::Final(_, head) =
-        h1::parse_response(response, id.as_bytes(), |n, v| {
-            h1::push_header(&mut kept, n, v)
-        })
-        .ok()?
+    let h1::Parsed::Final(_, head) = h1::parse_response(response, id.as_bytes(), |n, v| {
+        h1::push_header(&mut kept, n, v)
+    })
+    .ok()?
     else {
         return None;
     };
