@@ -245,7 +245,11 @@ async fn every_dashboard_and_rule_expression_returns_data_from_a_real_prometheus
                     _ => format!("{{\"prediction_id\": \"{id}\", \"feedback_type\": \"too_low\", \"actual\": 7}}"),
                 };
                 let _ = c
-                    .post_json(&format!("{url}/feedback"), &[("x-user-id", &user)], feedback)
+                    .post_json(
+                        &format!("{url}/feedback"),
+                        &[("x-user-id", &user)],
+                        feedback,
+                    )
                     .await;
                 if i % 10 == 0 {
                     let _ = c

@@ -123,7 +123,10 @@ fn without_values(kind: &figment::error::Kind) -> String {
     use figment::error::Kind;
     match kind {
         Kind::InvalidType(actual, expected) => {
-            format!("invalid type: found {}, expected {expected}", type_of(actual))
+            format!(
+                "invalid type: found {}, expected {expected}",
+                type_of(actual)
+            )
         }
         Kind::InvalidValue(actual, expected) => {
             format!("invalid value: {}, expected {expected}", type_of(actual))

@@ -249,11 +249,16 @@ impl Copy {
 
     /// The shadow's 2xx answer body, or `None` for any failure.
     async fn exchange(&self, request: &[u8], deadline: Instant) -> Option<Vec<u8>> {
-        let (mut upstream, head) =
-            upstream::exchange(&self.arm, &self.settings, request, &self.request_id, |_, _| {})
-                .await
-                .map_err(|e| tracing::debug!(shadow = %self.arm.name, error = %e, "shadow failed"))
-                .ok()?;
+        let (mut upstream, head) = upstream::exchange(
+            &self.arm,
+            &self.settings,
+            request,
+            &self.request_id,
+            |_, _| {},
+        )
+        .await
+        .map_err(|e| tracing::debug!(shadow = %self.arm.name, error = %e, "shadow failed"))
+        .ok()?;
         let mut body = Vec::new();
         let mut sink = Sink::Buffer {
             body: &mut body,
@@ -406,7 +411,12 @@ mod tests {
             "override"
         );
         let none = router_with("sample = 0.0\n");
-        assert!(!wanted(&none.active(), Some(0), Source::Sticky, Some(&b"u"[..])));
+        assert!(!wanted(
+            &none.active(),
+            Some(0),
+            Source::Sticky,
+            Some(&b"u"[..])
+        ));
     }
 
     #[test]

@@ -166,7 +166,16 @@ pub async fn exchange_at(
                 Err(None) => return Err(timed_out()),
             },
         };
-        match send(&mut upstream, reused, request, request_id, &mut keep, deadline).await {
+        match send(
+            &mut upstream,
+            reused,
+            request,
+            request_id,
+            &mut keep,
+            deadline,
+        )
+        .await
+        {
             Ok(head) => return Ok((upstream, head)),
             // Closed while idle (a keep-alive timeout, a restart): its other idle
             // connections likely went the same way.
