@@ -278,11 +278,13 @@ async fn send(
 }
 
 /// Returns a connection to the pool if its last response was framed exactly and
-/// left no byte unread — neither in the buffer nor already waiting in the socket;
-/// otherwise it is closed. (Bytes that arrive later are caught at checkout.)
+/// left no byte unread in the buffer; otherwise it is closed. Whatever is already
+/// waiting in the socket, or arrives while it is idle, is caught by the kernel peek
+/// at checkout ([`pool::checkout`]); the immediate ACK sent here makes an arm's
+/// held-back bytes arrive before then.
 pub fn release(mut upstream: Upstream, head: &ResponseHead, settings: &UpstreamConfig) {
     pool::acknowledge(&upstream.stream);
-    if head.reusable && upstream.buf.is_empty() && pool::quiet(&upstream.stream) {
+    if head.reusable && upstream.buf.is_empty() {
         // An idle connection keeps a head-sized buffer, whatever its last body was.
         if upstream.buf.capacity() > 4 * HEAD_READ {
             upstream.buf = BytesMut::with_capacity(HEAD_READ);
