@@ -214,7 +214,7 @@ def run_cell(args, bins, backend, workers, tmp):
     """One backend kind at one worker count: every path, interleaved."""
     stack = Stack(tmp)
     ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4",
-                                      "nostats", "shadow")}
+                                      "nostats", "shadow", "baseline")}
     addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
     try:
         for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
@@ -247,6 +247,14 @@ def run_cell(args, bins, backend, workers, tmp):
             proxies["nostats"] = stack.start("abgate-nostats",
                                              [bins["abgate"], "router", "--config", off],
                                              ports["nostats"], env={"RUST_LOG": "warn"})
+        if args.baseline:
+            # A router binary built from another commit, same config: a change to the
+            # forwarding path measured before and after in the same rounds.
+            base = os.path.join(tmp, "router-baseline.toml")
+            router_config(base, addr["baseline"], addr["best"], addr["candidate"], workers)
+            proxies["baseline"] = stack.start("abgate-baseline",
+                                              [args.baseline, "router", "--config", base],
+                                              ports["baseline"], env={"RUST_LOG": "warn"})
         ngx_dir = os.path.join(tmp, "nginx")
         os.makedirs(ngx_dir, exist_ok=True)
         render("nginx.conf.template", os.path.join(ngx_dir, "nginx.conf"), workers=workers,
@@ -267,13 +275,14 @@ def run_cell(args, bins, backend, workers, tmp):
         urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
                 "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}",
                 "l4": f"http://{addr['l4']}", "nostats": f"http://{addr['nostats']}",
-                "shadow": f"http://{addr['shadow']}"}
+                "shadow": f"http://{addr['shadow']}", "baseline": f"http://{addr['baseline']}"}
         pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
         script = os.path.join(tmp, "predict.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT)
         paths = (["direct", "abgate", "nginx", "haproxy", "l4"]
-                 + (["nostats"] if args.stats_off else []) + (["shadow"] if args.shadow else []))
+                 + (["nostats"] if args.stats_off else []) + (["shadow"] if args.shadow else [])
+                 + (["baseline"] if args.baseline else []))
         # The L4 relay cannot split by user: closed loop only.
         latency_paths = ["direct", "abgate", "nginx", "haproxy"] + (["shadow"] if args.shadow else [])
         results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
@@ -316,6 +325,8 @@ def run_cell(args, bins, backend, workers, tmp):
         results["l4"]["latency"] = {}
         if args.stats_off:
             results["nostats"]["latency"] = {}
+        if args.baseline:
+            results["baseline"]["latency"] = {}
         for path in latency_paths:
             results[path]["latency"] = {}
             for rate, samples in runs[path].items():
@@ -419,6 +430,9 @@ def main():
                     help="also run the router with a shadow at sample 0.1 (closed and open loop)")
     ap.add_argument("--stats-off", action="store_true",
                     help="also run the router with experiment statistics off (closed loop)")
+    ap.add_argument("--baseline", metavar="ABGATE_BIN",
+                    help="also run this abgate binary (built from another commit) as a router, "
+                         "closed loop, to show a change's cost before and after in one run")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 1 s, stub, 1 worker")
     ap.add_argument("--install", action="store_true", help="apt-get install nginx haproxy wrk if missing")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
