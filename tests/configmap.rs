@@ -318,7 +318,7 @@ async fn kubelet_symlink_swaps_under_traffic_apply_every_new_weight_move_users_o
         let names = ["best_model", "candidate_model"];
         let mut moved = 0;
         for (u, (was, is)) in before.iter().zip(&after).enumerate() {
-            let expected = names[split.pick(position(&salt, &format!("sweep-{u}")))];
+            let expected = names[split.pick(position(&salt, format!("sweep-{u}")))];
             assert_eq!(
                 is, expected,
                 "sweep-{u} at candidate weight {candidate_weight}"

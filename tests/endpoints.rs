@@ -82,8 +82,8 @@ fn arm_with_urls(name: &str, urls: &[&str], weight: f64) -> String {
 fn config(arms: &str) -> String {
     format!(
         "listen = \"127.0.0.1:0\"\nfailover = true\n[experiment]\nname = \"t\"\nsalt = \"s\"\n{arms}\
-         [health]\ninterval_ms = 100\ntimeout_ms = 300\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
-         [upstream]\nresolve_interval_ms = 100\n[reload]\npoll_interval_ms = 50\n"
+         [health]\ninterval_ms = 100\ntimeout_ms = 5000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\
+         [upstream]\nresolve_interval_ms = 100\nconnect_timeout_ms = 5000\n[reload]\npoll_interval_ms = 50\n"
     )
 }
 
@@ -130,7 +130,18 @@ async fn an_arms_requests_spread_over_its_endpoints_and_a_dead_one_leaves_the_ro
     );
     // One endpoint dies: its arm stays up, nobody moves to the candidate, nothing fails.
     endpoints[1].kill();
-    // Its drain (50 ms of grace for open connections) ends before counting.
+    // It has stopped listening, and its drain (50 ms of grace for open connections)
+    // ends, before counting.
+    let dead_addr = format!("127.0.0.1:{}", endpoints[1].port);
+    eventually(
+        "the killed endpoint stops listening",
+        Duration::from_secs(10),
+        || {
+            let addr = dead_addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_err() }
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dead_before = endpoints[1].hits();
     for user in &users {
@@ -151,7 +162,7 @@ async fn an_arms_requests_spread_over_its_endpoints_and_a_dead_one_leaves_the_ro
     assert_eq!(other.hits(), 0, "no failover to the other arm");
     eventually(
         "the endpoint is reported down",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || {
             let (c, url) = (c.clone(), router.url.clone());
             async move {

@@ -295,11 +295,15 @@ name = "candidate_model"
 url = "CANDIDATE"
 weight = 50 # half the users
 
+# Generous waits (see tests/support): a busy machine must not mark a healthy arm down.
 [health]
 interval_ms = 200
-timeout_ms = 300
+timeout_ms = 5000
 unhealthy_threshold = 1
 healthy_threshold = 1
+
+[upstream]
+connect_timeout_ms = 5000
 
 [reload]
 poll_interval_ms = 50

@@ -156,7 +156,7 @@ async fn a_killed_arm_is_marked_down_its_users_fail_over_and_come_back_after_a_r
     candidate.kill();
     eventually(
         "the candidate is marked down",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || {
             let (c, url) = (c.clone(), format!("{}/api/health", router.url));
             async move {
@@ -189,7 +189,7 @@ async fn a_killed_arm_is_marked_down_its_users_fail_over_and_come_back_after_a_r
     let restarted = Instant::now();
     eventually(
         "the candidate's users come back",
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         || {
             let (c, router_url) = (c.clone(), router.url.clone());
             async move {

@@ -269,7 +269,7 @@ async fn one_configmap_swap_reaches_all_three_replicas_and_they_agree_again_on_t
     let arms = [("best_model", 60.0), ("candidate_model", 40.0)];
     let answers = arms_per_replica(&replicas, "swap-user").await;
     for u in 0..USERS {
-        let expected = published_arm(&arms, position("wine-2026-11", &format!("swap-user-{u}")));
+        let expected = published_arm(&arms, position("wine-2026-11", format!("swap-user-{u}")));
         for replica in &answers {
             assert_eq!(replica[u], expected, "swap-user-{u}");
         }

@@ -196,11 +196,23 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
             }
         }));
     }
+    // Traffic before the edit: at least half a second of it, and every one of the 2000
+    // users seen once however slowly a busy machine serves them, so that users seen
+    // after the edit have an arm to move from.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "every user is seen before the edit",
+        Duration::from_secs(120),
+        || {
+            let seen = history.lock().map(|h| h.len()).unwrap_or(0);
+            async move { seen == 2000 }
+        },
+    )
+    .await;
     router.rewrite(&split_toml(&best, &candidate, 50.0, 50.0, ""));
     let c = client();
     let started = std::time::Instant::now();
-    eventually("the new split is active", Duration::from_secs(2), || {
+    eventually("the new split is active", Duration::from_secs(10), || {
         let (c, url) = (c.clone(), format!("{}/api/config", router.url));
         async move {
             let v = c.get(&url).await.map(|r| r.json()).unwrap_or_default();
@@ -210,7 +222,18 @@ async fn rewriting_the_file_to_50_50_under_traffic_fails_nothing_and_moves_only_
     .await;
     let applied_after = started.elapsed();
     applied.store(true, Ordering::Relaxed);
+    // Traffic after the edit: at least 700 ms, and enough users to judge the new split
+    // (at 90/10 -> 50/50, 4 in 10 users move: among 200, some surely do).
     tokio::time::sleep(Duration::from_millis(700)).await;
+    eventually(
+        "enough users are seen after the edit",
+        Duration::from_secs(120),
+        || {
+            let seen = after.lock().map(|a| a.len()).unwrap_or(0);
+            async move { seen >= 200 }
+        },
+    )
+    .await;
     running.store(false, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap_or_else(|e| panic!("{e}"));
@@ -261,7 +284,7 @@ async fn a_broken_edit_keeps_the_old_split_and_raises_the_failure_counter() {
     let router = RouterHandle::start(&good).await;
     let c = client();
     router.rewrite(&good.replace("weight = 10", "weight = -10"));
-    eventually("the failure is counted", Duration::from_secs(3), || {
+    eventually("the failure is counted", Duration::from_secs(10), || {
         let (c, url) = (c.clone(), format!("{}/metrics", router.url));
         async move {
             let text = c.get(&url).await.map(|r| r.text()).unwrap_or_default();

@@ -209,7 +209,7 @@ mod tests {
         let n = 100_000;
         let mut moved = 0;
         for i in 0..n {
-            let p = position("wine-2026-11", &format!("user-{i}"));
+            let p = position("wine-2026-11", format!("user-{i}"));
             match (before.pick(p), after.pick(p)) {
                 (0, 1) => moved += 1,
                 (1, 0) => panic!("user-{i} moved from candidate back to best"),
@@ -253,7 +253,7 @@ mod tests {
             let split = Split::new(weights).unwrap_or_else(|| panic!());
             let mut counts = vec![0usize; weights.len()];
             for i in 0..n {
-                counts[split.pick(position("wine-2026-11", &format!("user-{i}")))] += 1;
+                counts[split.pick(position("wine-2026-11", format!("user-{i}")))] += 1;
             }
             for (share, count) in split.shares().iter().zip(&counts) {
                 let expected = n as f64 * share;

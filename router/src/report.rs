@@ -352,7 +352,7 @@ mod tests {
             1000,
         );
         for i in 0..2000u32 {
-            let user = Some(crate::experiment::users::user_hash(&i.to_string()));
+            let user = Some(crate::experiment::users::user_hash(i.to_string()));
             p.record_response(0, user, if i % 100 == 0 { 500 } else { 200 }, 0.001);
             let status = if i % 100 < candidate_errors { 500 } else { 200 };
             p.record_response(1, None, status, 0.001);

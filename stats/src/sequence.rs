@@ -103,6 +103,11 @@ impl Default for Boundary {
 
 /// `ρ` minimising the multiplier at `n_star`: `n_star / (u − 1)` with `u = 1 + ln(u/α²)`.
 fn optimal_rho(alpha: f64, n_star: f64) -> f64 {
+    n_star / (tightest_ratio(alpha) - 1.0)
+}
+
+/// The `u = (n* + ρ)/ρ` solving `u = 1 + ln(u/α²)`.
+fn tightest_ratio(alpha: f64) -> f64 {
     let c = -2.0 * alpha.ln();
     // Fixed-point iteration; the map u ↦ 1 + c + ln u is a contraction for u > 1.
     let mut u = 1.0 + c;
@@ -114,7 +119,7 @@ fn optimal_rho(alpha: f64, n_star: f64) -> f64 {
         }
         u = next;
     }
-    n_star / (u - 1.0)
+    u
 }
 
 impl Boundary {
@@ -136,6 +141,18 @@ impl Boundary {
     /// The mixing parameter ρ, in effective pairs.
     pub fn rho(&self) -> f64 {
         self.rho
+    }
+
+    /// The effective sample size `n*` at which the multiplier is smallest (the `n_star`
+    /// of [`Boundary::tuned`]; 1000 for the default).
+    pub fn tuning_n(&self) -> f64 {
+        self.rho * (tightest_ratio(self.alpha) - 1.0)
+    }
+
+    /// The same tuning point at another error level (for splitting α across a family of
+    /// comparisons); `None` unless `0 < alpha < 1`.
+    pub fn with_alpha(&self, alpha: f64) -> Option<Self> {
+        Boundary::tuned(alpha, self.tuning_n())
     }
 
     /// `M(n) = sqrt( (n + ρ)/n · ln( (n + ρ)/(ρ α²) ) )`: the number of standard errors
@@ -229,6 +246,17 @@ mod tests {
             assert!(other.multiplier(1000.0) > at);
         }
         assert!((at - 3.035).abs() < 0.01, "M(1000) = {at}");
+    }
+
+    #[test]
+    fn tuning_point_survives_a_change_of_alpha() {
+        let b = Boundary::default();
+        assert!((b.tuning_n() - DEFAULT_TUNING_N).abs() < 1e-9);
+        let strict = b.with_alpha(0.01).unwrap_or(b);
+        assert_eq!(strict.alpha(), 0.01);
+        assert!((strict.tuning_n() - DEFAULT_TUNING_N).abs() < 1e-9);
+        assert!(strict.multiplier(1000.0) > b.multiplier(1000.0));
+        assert!(b.with_alpha(0.0).is_none());
     }
 
     #[test]

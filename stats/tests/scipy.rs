@@ -1,19 +1,28 @@
 //! Exactness against an independent implementation: NumPy/SciPy recompute, from the same
 //! generated observations, the point estimates, the fixed-horizon interval, the
 //! confidence sequence (from its documented formula), the chi-square p-value and the SRM
-//! Bayes factor (`tests/python/scipy_reference.py`). This test fails — it does not skip —
+//! Bayes factor (`tests/python/scipy_reference.py`); and, for the comparisons by user,
+//! from raw observations with their user bucket, the bucket sums, the delta-method and
+//! jackknife variances, and the whole interval. These tests fail — they do not skip —
 //! when python3, NumPy or SciPy is missing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use abgate_stats::family::family_config;
 use abgate_stats::sequence::{DEFAULT_ALPHA, DEFAULT_TUNING_N};
 use abgate_stats::srm::{
     chi_square_p_value, log_bayes_factor, normalise_shares, DEFAULT_CONCENTRATION,
 };
-use abgate_stats::{compare, Boundary, CompareConfig, Metric, Moments, Proportion, SrmMonitor};
+use abgate_stats::{
+    compare, compare_users, Boundary, BucketSums, CompareConfig, Metric, Moments, Proportion,
+    RatioEstimate, SrmMonitor, UserCompareConfig,
+};
+use common::{Experiment, Traffic};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -143,6 +152,29 @@ fn agree(what: &str, rust: f64, python: &Value) -> f64 {
     scaled
 }
 
+/// Runs `tests/python/scipy_reference.py` on `input` and returns its JSON answer.
+fn run_reference(input: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("observations.json");
+    std::fs::write(&path, serde_json::to_vec(input).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/scipy_reference.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 ({e}); .ci/run installs python3 with numpy and scipy")
+        });
+    assert!(
+        output.status.success(),
+        "{} failed ({}); it needs numpy and scipy:\n{}",
+        script.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn moments_for(metric: Metric, xs: &[f64]) -> Moments {
     if matches!(metric, Metric::ErrorRate | Metric::AccurateShare) {
         // Binary metrics go through Proportion, as the router keeps them.
@@ -167,26 +199,7 @@ fn estimates_intervals_and_p_values_agree_with_scipy() {
         "comparisons": cases.iter().map(|c| json!({"name": c.name, "arm": c.arm, "control": c.control})).collect::<Vec<_>>(),
         "srm": srm.iter().map(|(counts, weights)| json!({"counts": counts, "weights": weights})).collect::<Vec<_>>(),
     });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("observations.json");
-    std::fs::write(&path, serde_json::to_vec(&input).unwrap()).unwrap();
-
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/scipy_reference.py");
-    let output = Command::new("python3")
-        .arg(&script)
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 ({e}); .ci/run installs python3 with numpy and scipy")
-        });
-    assert!(
-        output.status.success(),
-        "{} failed ({}); it needs numpy and scipy:\n{}",
-        script.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let reference = run_reference(&input);
     println!("reference: {}", reference["versions"]);
 
     let boundary = Boundary::default();
@@ -277,4 +290,224 @@ fn estimates_intervals_and_p_values_agree_with_scipy() {
     println!(
         "largest scaled discrepancy {worst:.1e}; largest ln BF discrepancy {worst_log_bf:.1e}"
     );
+}
+
+/// Raw observations of one arm and metric: (user bucket, value).
+#[derive(Default)]
+struct Raw {
+    buckets: Vec<usize>,
+    values: Vec<f64>,
+}
+
+impl Raw {
+    fn push(&mut self, bucket: usize, value: f64) {
+        self.buckets.push(bucket);
+        self.values.push(value);
+    }
+
+    fn sums(&self) -> BucketSums {
+        let mut sums = BucketSums::new();
+        for (&b, &x) in self.buckets.iter().zip(&self.values) {
+            sums.push(b, x);
+        }
+        sums
+    }
+
+    fn json(&self) -> Value {
+        json!({"buckets": self.buckets, "values": self.values})
+    }
+}
+
+struct UserCase {
+    name: String,
+    metric: Metric,
+    arm: Raw,
+    control: Raw,
+}
+
+/// Every metric of `requests` requests of generated traffic, candidate on `share`.
+fn traffic_cases(
+    rng: &mut SmallRng,
+    traffic: Traffic,
+    share: f64,
+    requests: usize,
+) -> Vec<UserCase> {
+    let mut experiment = Experiment::new(rng, traffic, share);
+    let mut raw: [[Raw; 5]; 2] = Default::default();
+    for _ in 0..requests {
+        let r = experiment.request(rng);
+        let arm = &mut raw[usize::from(r.candidate)];
+        arm[0].push(r.bucket, f64::from(u8::from(r.error)));
+        arm[1].push(r.bucket, r.latency);
+        if let Some(x) = r.abs_error {
+            arm[2].push(r.bucket, x);
+        }
+        if let Some(x) = r.rating {
+            arm[3].push(r.bucket, x);
+        }
+        if let Some(a) = r.accurate {
+            arm[4].push(r.bucket, f64::from(u8::from(a)));
+        }
+    }
+    let [control, arm] = raw;
+    control
+        .into_iter()
+        .zip(arm)
+        .zip(Metric::ALL)
+        .map(|((control, arm), metric)| UserCase {
+            name: format!("{} {share} {metric}", traffic.name),
+            metric,
+            arm,
+            control,
+        })
+        .collect()
+}
+
+fn user_cases(rng: &mut SmallRng) -> Vec<UserCase> {
+    let mut cases = traffic_cases(rng, Traffic::HEAVY, 0.1, 30_000);
+    cases.extend(traffic_cases(rng, Traffic::MODERATE, 0.5, 8_000));
+    // Twelve users: few buckets, few degrees of freedom.
+    let few = Traffic {
+        users: 12,
+        ..Traffic::HEAVY
+    };
+    cases.extend(traffic_cases(rng, few, 0.5, 3_000).into_iter().take(2));
+    // A candidate without a single error yet: the floor.
+    let mut arm = Raw::default();
+    let mut control = Raw::default();
+    for i in 0..300 {
+        arm.push((i * 37) % 128, 0.0);
+    }
+    for i in 0..2700 {
+        control.push((i * 11) % 128, f64::from(u8::from(i % 97 == 0)));
+    }
+    cases.push(UserCase {
+        name: "no errors yet".into(),
+        metric: Metric::ErrorRate,
+        arm,
+        control,
+    });
+    cases
+}
+
+/// `|rust − python| ≤ TOLERANCE · scale`; returns the discrepancy over the scale.
+fn agree_scaled(what: &str, rust: f64, python: &Value, scale: f64) -> f64 {
+    let python = python
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: Python gave {python}"));
+    let scaled = (rust - python).abs() / scale;
+    assert!(
+        scaled <= TOLERANCE,
+        "{what}: Rust {rust:e} vs SciPy {python:e} (scale {scale:e})"
+    );
+    scaled
+}
+
+fn agree_estimate(what: &str, e: &RatioEstimate, py: &Value) -> f64 {
+    assert_eq!(json!(e.n), py["n"], "{what}.n");
+    assert_eq!(json!(e.buckets), py["buckets"], "{what}.buckets");
+    let mut worst: f64 = 0.0;
+    for (field, rust) in [
+        ("mean", e.mean),
+        ("delta_variance", e.delta_variance.unwrap()),
+        ("jackknife_variance", e.jackknife_variance.unwrap()),
+        ("unit_variance", e.unit_variance.unwrap()),
+        ("effective_buckets", e.effective_buckets),
+    ] {
+        // Relative agreement (variances are tiny numbers; an absolute 1e-9 would say
+        // nothing about them).
+        let scale = py[field].as_f64().unwrap().abs().max(1e-300);
+        worst = worst.max(agree_scaled(
+            &format!("{what}.{field}"),
+            rust,
+            &py[field],
+            scale,
+        ));
+    }
+    worst
+}
+
+#[test]
+#[ignore = "needs python3 with numpy and scipy (installed by .ci/run)"]
+fn by_user_estimates_and_intervals_agree_with_scipy() {
+    let mut rng = SmallRng::seed_from_u64(0xB0C4);
+    let cases = user_cases(&mut rng);
+    let family_k = Metric::ALL.len();
+    let input = json!({
+        "alpha": DEFAULT_ALPHA,
+        "tuning_n": DEFAULT_TUNING_N,
+        "family_k": family_k,
+        "by_user": cases
+            .iter()
+            .map(|c| json!({"name": c.name, "arm": c.arm.json(), "control": c.control.json()}))
+            .collect::<Vec<_>>(),
+    });
+    let reference = run_reference(&input);
+    println!("reference: {}", reference["versions"]);
+    let config = UserCompareConfig::default();
+    let family = family_config(&config, family_k);
+    let mut worst: f64 = 0.0;
+    for (case, py) in cases.iter().zip(reference["by_user"].as_array().unwrap()) {
+        assert_eq!(py["name"], case.name.as_str());
+        let (arm, control) = (case.arm.sums(), case.control.sums());
+        let c = compare_users(case.metric, &arm, &control, &config);
+        let f = compare_users(case.metric, &arm, &control, &family);
+        let (ea, ec) = (c.arm.unwrap(), c.control.unwrap());
+        worst = worst.max(agree_estimate(
+            &format!("{}.arm", case.name),
+            &ea,
+            &py["arm"],
+        ));
+        worst = worst.max(agree_estimate(
+            &format!("{}.control", case.name),
+            &ec,
+            &py["control"],
+        ));
+        let i = c.interval.unwrap();
+        let fi = f.interval.unwrap();
+        assert_eq!(json!(i.floored_arm), py["floored_arm"], "{}", case.name);
+        assert_eq!(
+            json!(i.floored_control),
+            py["floored_control"],
+            "{}",
+            case.name
+        );
+        let se = i.std_error;
+        for (field, rust, scale) in [
+            ("estimate", i.estimate, se),
+            ("std_error", se, se),
+            ("delta_std_error", i.delta_std_error, i.delta_std_error),
+            ("effective_n", i.effective_n, i.effective_n),
+            (
+                "degrees_of_freedom",
+                i.degrees_of_freedom,
+                i.degrees_of_freedom,
+            ),
+            ("multiplier", i.multiplier, i.multiplier),
+            ("ci_low", i.ci_low, se),
+            ("ci_high", i.ci_high, se),
+            ("fixed_low", i.fixed_low, se),
+            ("fixed_high", i.fixed_high, se),
+            ("family_ci_low", fi.ci_low, se),
+            ("family_ci_high", fi.ci_high, se),
+        ] {
+            let what = format!("{}.{field}", case.name);
+            worst = worst.max(agree_scaled(&what, rust, &py[field], scale));
+        }
+        println!(
+            "{:>32}: estimate {:+.6} SE {:.3e} (delta {:.3e}, jackknife/delta variance arm {:.2} control {:.2}, design effect arm {:.1}) df {:.1} sequence [{:+.6}, {:+.6}] {}",
+            case.name,
+            i.estimate,
+            se,
+            i.delta_std_error,
+            ea.jackknife_variance.unwrap() / ea.delta_variance.unwrap(),
+            ec.jackknife_variance.unwrap() / ec.delta_variance.unwrap(),
+            ea.design_effect().unwrap_or(f64::NAN),
+            i.degrees_of_freedom,
+            i.ci_low,
+            i.ci_high,
+            c.comparison.verdict.as_str()
+        );
+    }
+    println!("by user: largest discrepancy {worst:.1e} of the scale (SE for interval ends, the value itself otherwise)");
 }

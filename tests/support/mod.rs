@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -154,6 +155,13 @@ impl Drop for ArmProcess {
 }
 
 /// Router config text for `arms` (name, url, weight) with test-friendly timings.
+///
+/// Health checks run every 200 ms and one failed check marks an arm down, so a killed
+/// arm (refused at once) is noticed quickly; but a check waits up to 5 s for an answer,
+/// and (unless the test has an `[upstream]` table of its own) a connection to an arm
+/// may take 5 s too. On a busy machine a healthy arm, or the router itself, can be off
+/// the CPU for longer than the defaults' few hundred ms, and a check or a connection
+/// timing out marks the arm down: with one arm (or failover off) requests then fail.
 pub fn router_toml(arms: &[(&str, &str, f64)], extra_top: &str, extra_tables: &str) -> String {
     let mut text = format!(
         "listen = \"127.0.0.1:0\"\n{extra_top}\n[experiment]\nname = \"test\"\nsalt = \"wine-2026-11\"\n"
@@ -164,7 +172,10 @@ pub fn router_toml(arms: &[(&str, &str, f64)], extra_top: &str, extra_tables: &s
         ));
     }
     if !extra_tables.contains("[health]") {
-        text.push_str("[health]\ninterval_ms = 200\ntimeout_ms = 300\nunhealthy_threshold = 1\nhealthy_threshold = 1\n");
+        text.push_str("[health]\ninterval_ms = 200\ntimeout_ms = 5000\nunhealthy_threshold = 1\nhealthy_threshold = 1\n");
+    }
+    if !extra_tables.contains("[upstream]") {
+        text.push_str("[upstream]\nconnect_timeout_ms = 5000\n");
     }
     if !extra_tables.contains("[reload]") {
         text.push_str("[reload]\npoll_interval_ms = 50\n");
@@ -253,7 +264,7 @@ impl RouterHandle {
     /// Waits until config version `version` is active.
     pub async fn wait_for_version(&self, version: u64, what: &str) {
         let c = HttpClient::new(Duration::from_secs(2));
-        eventually(what, Duration::from_secs(3), || {
+        eventually(what, Duration::from_secs(10), || {
             let (c, url) = (c.clone(), format!("{}/api/config", self.url));
             async move {
                 c.get(&url)
@@ -303,6 +314,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// `behaviour` after `delay`.
 pub struct StubArm {
     pub url: String,
+    received: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -316,20 +328,26 @@ impl StubArm {
             listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
         );
         let (stop, stopped) = oneshot::channel::<()>();
+        let received = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&received);
         tokio::spawn(abgate_common::http::serve(
             listener,
-            move |req: Request<Incoming>| async move {
-                if req.uri().path() == "/api/health" {
-                    return Response::new(Full::new(Bytes::from_static(
-                        b"{\"status\":\"healthy\"}",
+            move |req: Request<Incoming>| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    if req.uri().path() == "/api/health" {
+                        return Response::new(Full::new(Bytes::from_static(
+                            b"{\"status\":\"healthy\"}",
+                        )));
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        b"{\"prediction\": 1.0, \"variant\": \"stub\"}",
                     )));
+                    *r.status_mut() = status;
+                    r
                 }
-                tokio::time::sleep(delay).await;
-                let mut r = Response::new(Full::new(Bytes::from_static(
-                    b"{\"prediction\": 1.0, \"variant\": \"stub\"}",
-                )));
-                *r.status_mut() = status;
-                r
             },
             async {
                 let _ = stopped.await;
@@ -341,8 +359,14 @@ impl StubArm {
         ));
         StubArm {
             url,
+            received,
             stop: Some(stop),
         }
+    }
+
+    /// `/predict` requests received so far (counted on arrival, before the delay).
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 }
 

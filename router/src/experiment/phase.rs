@@ -571,7 +571,7 @@ mod tests {
                 let p = std::sync::Arc::clone(&p);
                 std::thread::spawn(move || {
                     for i in 0..1000 {
-                        p.record_response(1, Some(user_hash(&format!("{t}-{i}"))), 200, 0.001);
+                        p.record_response(1, Some(user_hash(format!("{t}-{i}"))), 200, 0.001);
                     }
                 })
             })

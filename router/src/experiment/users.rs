@@ -188,7 +188,7 @@ mod tests {
         let users = 20_000u64;
         for i in 0..users {
             let arm = (i % 4 == 0) as usize; // 75% / 25%
-            if s.insert(arm, user_hash(&format!("user-{i}"))) == Inserted::OverCap {
+            if s.insert(arm, user_hash(format!("user-{i}"))) == Inserted::OverCap {
                 assert!(s.thin());
             }
         }
@@ -211,7 +211,7 @@ mod tests {
     fn membership_is_consistent_across_arms_and_thinning() {
         let s = UserSample::new(1, 10);
         for i in 0..200 {
-            let h = user_hash(&format!("u{i}"));
+            let h = user_hash(format!("u{i}"));
             if s.insert(0, h) == Inserted::OverCap {
                 s.thin();
             }
@@ -219,7 +219,7 @@ mod tests {
         let shift = s.fraction().log2().abs() as u32;
         // A user dropped by thinning is never counted again.
         for i in 0..200 {
-            let h = user_hash(&format!("u{i}"));
+            let h = user_hash(format!("u{i}"));
             if !in_sample(h, shift) {
                 assert_eq!(s.insert(0, h), Inserted::No);
             }

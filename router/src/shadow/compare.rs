@@ -56,9 +56,7 @@ mod tests {
     #[test]
     fn sampling_is_sticky_and_takes_about_the_configured_share() {
         let n = 20_000;
-        let inside = (0..n)
-            .filter(|i| sampled(&format!("user-{i}"), 0.3))
-            .count();
+        let inside = (0..n).filter(|i| sampled(format!("user-{i}"), 0.3)).count();
         let share = inside as f64 / f64::from(n);
         assert!((share - 0.3).abs() < 0.02, "{share}");
         assert_eq!(sampled("user-7", 0.3), sampled("user-7", 0.3));

@@ -13,7 +13,17 @@ the sample variances (ddof=1), the fixed-horizon z-interval (scipy.stats.norm.pp
 confidence sequence re-derived from the formula documented in stats/src/sequence.rs, with
 the tuning solved by scipy.special.lambertw rather than by the Rust fixed-point iteration.
 For each SRM case: scipy.stats.chisquare's p-value and the Dirichlet-multinomial log Bayes
-factor with scipy.special.gammaln. The Rust test does the comparisons and assertions.
+factor with scipy.special.gammaln.
+
+For each by-user case ("by_user": [{"name", "arm": {"buckets": [...], "values": [...]},
+"control": {...}}, ...], raw observations with their user bucket): the bucket sums (numpy
+bincount), the ratio of means, the delta-method variance in Deng et al.'s covariance form
+(numpy.cov over buckets), the leave-one-bucket-out jackknife by explicit recomputation, the
+per-observation variance (ddof=1), the Kish effective bucket count, and the comparison
+documented in stats/src/user_comparison.rs: the pooled floor, the effective sample size,
+Welch-Satterthwaite degrees of freedom, the normal-mixture multiplier converted with
+scipy.stats.t.isf(scipy.stats.norm.sf(M), df), the fixed-horizon t interval, and the same
+sequence at the family level alpha/k. The Rust test does the comparisons and assertions.
 """
 
 import json
@@ -74,6 +84,94 @@ def srm(case, concentration):
     return {"chi2_p_value": float(chi2.pvalue), "log_bayes_factor": float(log_bf)}
 
 
+BUCKETS = 128
+
+
+def bucket_arm(side):
+    """One arm from raw observations: bucket sums and every estimate over buckets."""
+    buckets = np.asarray(side["buckets"], dtype=np.int64)
+    values = np.asarray(side["values"], dtype=np.float64)
+    s_all = np.bincount(buckets, weights=values, minlength=BUCKETS)
+    m_all = np.bincount(buckets, minlength=BUCKETS).astype(np.float64)
+    used = m_all > 0
+    s, m = s_all[used], m_all[used]
+    k = int(used.sum())
+    n = float(m.sum())
+    r = float(values.mean())
+    # Deng, Knoblich & Lu (2018): (s_S^2 - 2 R s_SM + R^2 s_M^2) / (K Mbar^2).
+    cov = np.cov(np.vstack([s, m]), ddof=1)
+    mbar = m.mean()
+    delta = (cov[0, 0] - 2.0 * r * cov[0, 1] + r * r * cov[1, 1]) / (k * mbar * mbar)
+    # Jackknife: recompute the ratio without each bucket.
+    loo = np.array([(s.sum() - s[b]) / (n - m[b]) for b in range(k)])
+    jackknife = (k - 1) / k * np.sum((loo - loo.mean()) ** 2)
+    return {
+        "n": int(n),
+        "buckets": k,
+        "mean": r,
+        "delta_variance": float(delta),
+        "jackknife_variance": float(jackknife),
+        "unit_variance": float(np.var(values, ddof=1)),
+        "effective_buckets": float(n * n / np.sum(m * m)),
+    }
+
+
+def by_user(case, alpha, tuning_n, family_k):
+    a, c = bucket_arm(case["arm"]), bucket_arm(case["control"])
+    n_a, n_c = a["n"], c["n"]
+    s_a, s_c = a["unit_variance"], c["unit_variance"]
+    pooled = ((n_a - 1) * s_a + (n_c - 1) * s_c) / (n_a + n_c - 2)
+    pooled_buckets = (n_a + n_c) ** 2 / (n_a**2 / a["effective_buckets"] + n_c**2 / c["effective_buckets"])
+    pooled_df = max(pooled_buckets - 1.0, 1.0)
+
+    def floor(e):
+        v = e["jackknife_variance"] * e["n"]
+        s = e["unit_variance"]
+        df = max(e["effective_buckets"] - 1.0, 1.0)
+        if s >= pooled:
+            return v / e["n"], s, df, False
+        if s > 0 and v > 0:
+            return v * pooled / s / e["n"], pooled, df, True
+        return max(v, pooled) / e["n"], pooled, pooled_df, True
+
+    w_a, u_a, df_a, floored_a = floor(a)
+    w_c, u_c, df_c, floored_c = floor(c)
+    w = w_a + w_c
+    se = np.sqrt(w)
+    n_eff = (u_a + u_c) / w
+    df = w * w / (w_a * w_a / df_a + w_c * w_c / df_c)
+    estimate = a["mean"] - c["mean"]
+
+    def sequence(level):
+        rho = rho_for(level, tuning_n)
+        normal_m = np.sqrt((n_eff + rho) / n_eff * np.log((n_eff + rho) / (rho * level * level)))
+        m = float(stats.t.isf(stats.norm.sf(normal_m), df))
+        return m, estimate - m * se, estimate + m * se
+
+    multiplier, ci_low, ci_high = sequence(alpha)
+    _, family_low, family_high = sequence(alpha / family_k)
+    fixed = float(stats.t.isf(alpha / 2.0, df))
+    return {
+        "name": case["name"],
+        "arm": a,
+        "control": c,
+        "estimate": estimate,
+        "std_error": float(se),
+        "delta_std_error": float(np.sqrt(a["delta_variance"] + c["delta_variance"])),
+        "effective_n": float(n_eff),
+        "degrees_of_freedom": float(df),
+        "multiplier": multiplier,
+        "ci_low": float(ci_low),
+        "ci_high": float(ci_high),
+        "fixed_low": float(estimate - fixed * se),
+        "fixed_high": float(estimate + fixed * se),
+        "family_ci_low": float(family_low),
+        "family_ci_high": float(family_high),
+        "floored_arm": floored_a,
+        "floored_control": floored_c,
+    }
+
+
 def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         data = json.load(f)
@@ -82,8 +180,12 @@ def main():
     out = {
         "versions": {"numpy": np.__version__, "scipy": scipy.__version__},
         "rho": float(rho),
-        "comparisons": [comparison(c, alpha, rho) for c in data["comparisons"]],
-        "srm": [srm(c, data["concentration"]) for c in data["srm"]],
+        "comparisons": [comparison(c, alpha, rho) for c in data.get("comparisons", [])],
+        "srm": [srm(c, data["concentration"]) for c in data.get("srm", [])],
+        "by_user": [
+            by_user(c, alpha, data["tuning_n"], data.get("family_k", 1))
+            for c in data.get("by_user", [])
+        ],
     }
     json.dump(out, sys.stdout)
 
