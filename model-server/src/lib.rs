@@ -12,20 +12,30 @@
 //! * [`inference`] — forward passes on dedicated threads with a bounded queue.
 //! * [`recent`] — unguessable prediction ids and the bounded memory of recent
 //!   predictions (their user and the feedback they received).
-//! * [`service`] — the routes.
+//! * [`state`] — what every route shares: configuration, model, metric series,
+//!   inference threads and recent predictions.
+//! * [`headers`] — the `X-Variant` and `X-User-Id` headers both route families use.
+//! * [`service`] — the route table: the arm's own routes, and dispatch of `/v2` to
+//!   [`oip`].
 //! * [`oip`] — the Open Inference Protocol v2 REST routes under `/v2` (KServe v2 /
 //!   Triton, binary tensor extension included).
+//!
+//! The modules are layered: `service` depends on `oip` and `state`, `oip` on `state`
+//! and `headers`, never on `service` (`model-server/tests/layers.rs` keeps every crate
+//! of the workspace free of import circles).
 //!
 //! [`run`] serves a loaded configuration on a listener until a shutdown future
 //! resolves, so tests start a real server in-process on port 0.
 
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod inference;
 pub mod model;
 pub mod oip;
 pub mod recent;
 pub mod service;
+pub mod state;
 pub mod train;
 pub mod validation;
 
@@ -45,7 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ModelServerError> {
     let model = Arc::new(Model::load(&config.model_dir)?);
-    let state = service::State::new(config, model)?;
+    let state = state::State::new(config, model)?;
     let sampler_task = state.system.spawn(state.config.system_sample_interval);
     let addr = listener.local_addr().ok();
     tracing::info!(

@@ -1,38 +1,28 @@
-//! The model server's routes: `/predict`, `/feedback`, `/metrics`, `/api/health`,
-//! `/api/metrics`, and the Open Inference Protocol under `/v2` ([`crate::oip`]). Every
-//! rejection is a JSON error counted under its `error_type`.
+//! The model server's route table: `/predict`, `/feedback`, `/metrics`, `/api/health`
+//! and `/api/metrics` are answered here, the Open Inference Protocol under `/v2` is
+//! dispatched to [`crate::oip`]. Every rejection is a JSON error counted under its
+//! `error_type`. This is the top of the request path: it points down at `oip` and at
+//! the shared [`crate::state`], and nothing below points back up at it.
 
 use abgate_common::http::{
     error_response, find_route, json_response, metrics_response, read_body, require_json,
     route_error, Route,
 };
-use abgate_common::metrics::{ArmMetrics, ArmSummary, Metrics};
-use abgate_common::system::SystemSampler;
+use abgate_common::metrics::ArmSummary;
 use abgate_common::{ApiError, ErrorKind};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use prometheus::Histogram;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::ServerConfig;
-use crate::error::ModelServerError;
-use crate::inference::Inference;
-use crate::model::Model;
-use crate::recent::{variant_of, Claim, RecentPredictions, Slot};
-use crate::validation::{check_actual, parse_feedback, FeatureSchema};
-
-/// Buckets of `prediction_absolute_error` (quality points).
-pub const ABS_ERROR_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
-
-/// `X-Variant`: the arm that answered (set on OIP responses).
-pub const X_VARIANT: HeaderName = HeaderName::from_static("x-variant");
-
-/// `X-User-Id`: the user a prediction is made for, forwarded unchanged by the router.
-pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+use crate::headers::header_user;
+use crate::recent::{variant_of, Claim, Slot};
+use crate::state::State;
+use crate::validation::{check_actual, parse_feedback};
 
 /// The largest request head served, in bytes (request line and header lines). At
 /// least what a router forwards: its own limit (32 KiB) plus the `Host` (≤ ~270
@@ -49,103 +39,6 @@ pub const MAX_HEAD_LINES: usize = 128;
 /// its `X-Request-Id` echoed; one past the read limits is refused unread (by the serve
 /// loop, with the same JSON 431).
 pub const HEAD_READ_FACTOR: usize = 2;
-
-/// Everything a request handler needs.
-pub struct State {
-    /// The validated configuration.
-    pub config: ServerConfig,
-    /// The loaded model.
-    pub model: Arc<Model>,
-    /// Shared metric families.
-    pub metrics: Metrics,
-    /// This arm's pre-resolved series.
-    pub arm: ArmMetrics,
-    /// CPU and memory gauges.
-    pub system: Arc<SystemSampler>,
-    pub(crate) inference: Inference,
-    schema: FeatureSchema,
-    pub(crate) recent: RecentPredictions,
-    abs_error: Histogram,
-    rating: Histogram,
-    pub(crate) rows: IntCounter,
-    /// `predictions_total{endpoint="infer", variant}`.
-    pub(crate) infer_requests: IntCounter,
-    /// The arm's name as an `X-Variant` value.
-    pub(crate) variant_header: HeaderValue,
-    started: Instant,
-}
-
-impl State {
-    /// Builds the state, registers the model server's own families and starts the
-    /// inference threads.
-    pub fn new(config: ServerConfig, model: Arc<Model>) -> Result<Arc<State>, ModelServerError> {
-        let metrics = Metrics::new()?;
-        let variant = config.variant.as_str();
-        let arm = metrics.arm(variant);
-        metrics.set_build_info(variant, &model.spec().version);
-        let abs_error = HistogramVec::new(
-            HistogramOpts::new(
-                "prediction_absolute_error",
-                "|prediction - actual| from feedback that carries the true quality.",
-            )
-            .buckets(ABS_ERROR_BUCKETS.to_vec()),
-            &["variant"],
-        )?;
-        let rating = HistogramVec::new(
-            HistogramOpts::new("feedback_rating", "Ratings (1-5) received as feedback.")
-                .buckets(vec![1.0, 2.0, 3.0, 4.0, 5.0]),
-            &["variant"],
-        )?;
-        let rows = IntCounterVec::new(
-            Opts::new(
-                "prediction_rows_total",
-                "Rows predicted (a batch of N rows counts N).",
-            ),
-            &["variant"],
-        )?;
-        metrics.registry.register(Box::new(abs_error.clone()))?;
-        metrics.registry.register(Box::new(rating.clone()))?;
-        metrics.registry.register(Box::new(rows.clone()))?;
-        let system = SystemSampler::new(
-            metrics.cpu_percent.with_label_values(&[variant]),
-            metrics.memory_percent.with_label_values(&[variant]),
-        );
-        let inference = Inference::start(
-            Arc::clone(&model),
-            config.inference_threads,
-            config.inference_queue,
-            config.inline_rows,
-            if config.batch_concurrent_requests {
-                config.max_batch_size
-            } else {
-                0
-            },
-        )
-        .map_err(|e| ModelServerError::Io {
-            context: "starting inference threads".into(),
-            source: e,
-        })?;
-        Ok(Arc::new(State {
-            schema: FeatureSchema::new(&model.spec().features),
-            recent: RecentPredictions::new(variant, config.recent_predictions),
-            abs_error: abs_error.with_label_values(&[variant]),
-            rating: rating.with_label_values(&[variant]),
-            rows: rows.with_label_values(&[variant]),
-            infer_requests: metrics
-                .predictions
-                .with_label_values(&[crate::oip::ENDPOINT_INFER, variant]),
-            variant_header: HeaderValue::from_str(variant)
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-            inference,
-            system,
-            arm,
-            metrics,
-            model,
-            config,
-            started: Instant::now(),
-        }))
-    }
-}
 
 /// What serves a route.
 #[derive(Debug, Clone, Copy)]
@@ -245,16 +138,6 @@ fn check_head<B>(req: &Request<B>) -> Result<(), ApiError> {
             "the request head has {bytes} bytes in {lines} header lines; the limit is {MAX_HEAD_BYTES} bytes and {MAX_HEAD_LINES} header lines"
         ),
     ))
-}
-
-/// The request's user key: its first `X-User-Id`, raw bytes (UTF-8 or not), when
-/// not empty. The router forwards this header unchanged.
-pub(crate) fn header_user(headers: &http::HeaderMap) -> Option<Vec<u8>> {
-    headers
-        .get(X_USER_ID)
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.is_empty())
-        .map(<[u8]>::to_vec)
 }
 
 /// A JSON request's body, read under the configured size and time limits.

@@ -34,13 +34,16 @@
 pub mod assignment;
 pub mod check;
 pub mod checker;
+mod clock;
 pub mod config;
+pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod experiment;
 pub mod fastpath;
 pub mod headers;
 pub mod health;
+pub mod hyper_path;
 pub mod metrics;
 pub mod oip;
 pub mod policy;
@@ -83,7 +86,7 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
         tokio::spawn(checker::run_checks(Arc::clone(&router))),
         tokio::spawn(checker::run_resolver(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
-        tokio::spawn(experiment::run(Arc::clone(&router))),
+        tokio::spawn(control::guardrails::run(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),
     ];
     let active = router.active();

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use crate::error::RouterError;
 use crate::headers::USER_ID;
+use crate::hyper_path::{exchange, predict, respond, RouterBody};
 use crate::policy::{self, Endpoint};
-use crate::service::{exchange, predict, respond, RouterBody};
 use crate::state::{Active, Router};
 
 /// Answers a request under `/v2`.

@@ -7,11 +7,12 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use abgate_common::system::SystemSampler;
 
 use crate::assignment::Split;
+pub use crate::clock::unix_now;
+pub use crate::config::config_hash;
 use crate::config::{ArmConfig, RouterConfig};
 use crate::error::RouterError;
 use crate::experiment::{Experiment, Phase};
@@ -106,18 +107,6 @@ impl Drop for Admission<'_> {
     }
 }
 
-/// Unix time now, in seconds.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// XXH3 of config text, as the hex `hash` shown by `/api/config`.
-pub fn config_hash(text: &str) -> String {
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
-}
-
 impl Router {
     /// State for `config`, loaded from text whose hash is `hash`.
     pub fn new(config: RouterConfig, hash: String) -> Result<Arc<Router>, RouterError> {
@@ -180,7 +169,11 @@ impl Router {
     /// and URL are unchanged.
     pub fn apply(&self, config: RouterConfig, hash: String) {
         let previous = self.active.load_full();
-        let phase = self.experiment.phase_for(&previous, &config);
+        let phase = self.experiment.phase_for(
+            &previous.phase,
+            (previous.version > 0).then_some(&previous.config),
+            &config,
+        );
         let split = config.split();
         let shares = split.shares();
         let mut table = match self.health.lock() {

@@ -50,7 +50,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::service::State;
+use crate::headers::{header_user, X_VARIANT};
+use crate::state::State;
 use path::{Endpoint, Route};
 use response::{
     encode_infer, InferContext, Live, ModelMetadata, ModelReady, Ready, ServerMetadata, EXTENSIONS,
@@ -73,7 +74,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Byte
     };
     response
         .headers_mut()
-        .insert(crate::service::X_VARIANT, state.variant_header.clone());
+        .insert(X_VARIANT, state.variant_header.clone());
     response
 }
 
@@ -220,7 +221,7 @@ async fn infer_inner(
     let predictions = state.inference.predict(request.values, rows).await?;
     state.rows.inc_by(rows as u64);
     // The protocol's body has no `user_id`: the user is `X-User-Id` (as the router keys it).
-    let user = crate::service::header_user(&parts.headers);
+    let user = header_user(&parts.headers);
     let prediction_ids = state.recent.record(&predictions, user.as_deref());
     let encoded = encode_infer(
         InferContext {

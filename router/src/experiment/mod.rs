@@ -9,14 +9,15 @@
 //!   comparisons are computed on read.
 //! * [`users`] — the consistent, bounded sample of distinct users per served arm.
 //! * [`srm`] — the sample-ratio-mismatch test of the phase.
-//! * [`guardrail`] — `[[guardrails]]`: trip rule, rollback (file edit + in memory),
-//!   audit log.
+//! * [`guardrail`] — the record a guardrail trip leaves (carried out by
+//!   `control::guardrails`, which also runs the tick).
 //! * [`gauges`] — the Prometheus families.
 //!
 //! [`Experiment`] holds what outlives a phase: the summaries of the last
-//! [`HISTORY`] phases, the last trip of each guardrail and the gauges. [`run`] is the
-//! background task that refreshes the gauges and evaluates the guardrails every
-//! second. [`Experiment::view`] is `GET /api/experiment`.
+//! [`HISTORY`] phases, the last trip of each guardrail and the gauges.
+//! [`Experiment::tripped`] is the guardrail rule of one tick (the control layer runs
+//! the ticks and carries trips out); [`Experiment::view`] is `GET /api/experiment`.
+//! Nothing here takes the router: each call gets the phase and config it is about.
 
 pub mod gauges;
 pub mod guardrail;
@@ -31,10 +32,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::RouterConfig;
-use crate::state::{unix_now, Active, Router};
+use crate::clock::unix_now;
+use crate::config::{GuardrailAction, GuardrailConfig, RouterConfig};
 pub use gauges::Gauges;
-pub use guardrail::{GuardrailAction, GuardrailConfig, Trip};
+pub use guardrail::{FileChange, Trip};
 pub use phase::{ArmFigures, ComparisonView, Phase, PhaseSummary};
 pub use srm::SrmView;
 
@@ -122,20 +123,24 @@ impl Experiment {
         })
     }
 
-    /// The phase for `config` applied after `previous`: the same one if the salt, the
-    /// arms and the weights are unchanged, else a new one (and `previous`'s summary
-    /// goes into the history). `previous` at version 0 is the placeholder before the
-    /// first config.
-    pub fn phase_for(&self, previous: &Active, config: &RouterConfig) -> Arc<Phase> {
+    /// The phase for `config` applied after phase `old` under `previous` (`None`
+    /// before the first config, when `old` is a placeholder): the same one if the
+    /// salt, the arms and the weights are unchanged, else a new one (and `old`'s
+    /// summary goes into the history).
+    pub fn phase_for(
+        &self,
+        old: &Arc<Phase>,
+        previous: Option<&RouterConfig>,
+        config: &RouterConfig,
+    ) -> Arc<Phase> {
         let names: Vec<&str> = config.arms.iter().map(|a| a.name.as_str()).collect();
         let weights = config.weights();
-        let old = &previous.phase;
-        if previous.version > 0 && old.continues(&config.salt, &names, &weights) {
+        if previous.is_some() && old.continues(&config.salt, &names, &weights) {
             return Arc::clone(old);
         }
         let now = unix_now();
-        if previous.version > 0 {
-            let summary = old.summary(previous.config.analysis.min_samples, Some(now));
+        if let Some(previous) = previous {
+            let summary = old.summary(previous.analysis.min_samples, Some(now));
             let mut history = lock(&self.history);
             history.push_front(summary);
             history.truncate(HISTORY);
@@ -153,47 +158,49 @@ impl Experiment {
     }
 
     /// Refreshes the gauges from the current phase and returns its summary.
-    pub fn refresh(&self, active: &Active) -> PhaseSummary {
-        let summary = active
-            .phase
-            .summary(active.config.analysis.min_samples, None);
-        let names: Vec<&str> = active
-            .config
-            .guardrails
-            .iter()
-            .map(|g| g.name.as_str())
-            .collect();
+    pub fn refresh(&self, phase: &Phase, config: &RouterConfig) -> PhaseSummary {
+        let summary = phase.summary(config.analysis.min_samples, None);
+        let names: Vec<&str> = config.guardrails.iter().map(|g| g.name.as_str()).collect();
         self.gauges.refresh(&summary, &names);
         summary
     }
 
-    /// One tick: refresh the gauges, then evaluate every guardrail and trip those
-    /// beyond their allowance (once per phase).
-    pub fn tick(&self, router: &Router) {
-        let active = router.active();
-        let summary = self.refresh(&active);
-        for g in &active.config.guardrails {
+    /// One tick's rule: refreshes the gauges, then returns the phase number and the
+    /// guardrails of `config` that trip now, each with the comparison beyond its
+    /// allowance. A guardrail trips once per phase; each trip is counted here.
+    pub fn tripped<'c>(
+        &self,
+        phase: &Phase,
+        config: &'c RouterConfig,
+    ) -> (u64, Vec<(&'c GuardrailConfig, ComparisonView)>) {
+        let summary = self.refresh(phase, config);
+        let mut tripped = Vec::new();
+        for g in &config.guardrails {
             let Some(c) = find(&summary, g) else { continue };
-            if !beyond(c, g.max_degradation) || !active.phase.trip_once(&g.name) {
+            if !beyond(c, g.max_degradation) || !phase.trip_once(&g.name) {
                 continue;
             }
             self.gauges.trips.with_label_values(&[&g.name]).inc();
-            let record = guardrail::trip(router, g, c, summary.phase);
-            lock(&self.trips).insert(g.name.clone(), record);
+            tripped.push((g, c.clone()));
         }
+        (summary.phase, tripped)
     }
 
-    /// `GET /api/experiment` for the version in force.
-    pub fn view(&self, active: &Active) -> ExperimentView {
-        let summary = self.refresh(active);
+    /// Keeps `trip` as its guardrail's last, for `/api/experiment`.
+    pub fn remember(&self, trip: Trip) {
+        lock(&self.trips).insert(trip.guardrail.clone(), trip);
+    }
+
+    /// `GET /api/experiment` for config version `version` and its phase.
+    pub fn view(&self, phase: &Phase, config: &RouterConfig, version: u64) -> ExperimentView {
+        let summary = self.refresh(phase, config);
         let trips = lock(&self.trips);
-        let guardrails = active
-            .config
+        let guardrails = config
             .guardrails
             .iter()
             .map(|g| {
                 let comparison = find(&summary, g).cloned();
-                let state = if active.phase.has_tripped(&g.name) {
+                let state = if phase.has_tripped(&g.name) {
                     "tripped"
                 } else if comparison
                     .as_ref()
@@ -218,11 +225,11 @@ impl Experiment {
             .collect();
         drop(trips);
         ExperimentView {
-            experiment: active.config.experiment.clone(),
+            experiment: config.experiment.clone(),
             phase: summary.phase,
             started_at: summary.started_at,
-            config_version: active.version,
-            min_samples: active.config.analysis.min_samples,
+            config_version: version,
+            min_samples: config.analysis.min_samples,
             arms: summary.arms,
             srm: summary.srm,
             comparisons: summary.comparisons,
@@ -237,14 +244,4 @@ fn find<'a>(summary: &'a PhaseSummary, g: &GuardrailConfig) -> Option<&'a Compar
         .comparisons
         .iter()
         .find(|c| c.metric == g.metric && c.variant == g.arm)
-}
-
-/// Refreshes the gauges and evaluates guardrails every [`TICK`], forever.
-pub async fn run(router: Arc<Router>) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        router.experiment.tick(&router);
-    }
 }

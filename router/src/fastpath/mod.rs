@@ -337,7 +337,7 @@ impl Connection {
         let mut copy = (error.is_none()
             && !active.shadows.is_empty()
             && plan.endpoint == abgate_common::metrics::Endpoint::Predict
-            && shadow::wanted(active, serving, assigned.source, key()))
+            && shadow::wanted(&active.shadows, serving, assigned.source, key()))
         .then(|| BodyCopy::new(shadow::ANSWER_LIMIT));
         h1::write_status_line(head, response.status);
         head.extend_from_slice(kept);
@@ -367,7 +367,7 @@ impl Connection {
                         primary: (!copy.overflowed).then_some(&copy.body[..]),
                         primary_elapsed: started.elapsed(),
                     };
-                    shadow::mirror(active, serving, assigned.source, key(), request);
+                    shadow::mirror(&active.shadows, serving, assigned.source, key(), request);
                 }
                 Ok(!plan.close && response.framing != Framing::UntilClose)
             }

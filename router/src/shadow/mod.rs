@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use crate::config::{ArmConfig, RouterConfig, ShadowConfig, UpstreamConfig};
 use crate::metrics::{RouterMetrics, ShadowResult, ShadowSeries, Source};
-use crate::state::{Active, Router};
 use crate::upstream::h1;
 use crate::upstream::relay::{relay, Relay, Sink};
 use crate::upstream::{self, release};
@@ -84,13 +83,17 @@ pub fn build(
 
 /// Whether a request answered by arm `served` is mirrored to any shadow: a sticky
 /// key sampled by a shadow of that arm. Free when no shadow is configured.
-pub fn wanted(active: &Active, served: Option<usize>, source: Source, key: Option<&[u8]>) -> bool {
-    if active.shadows.is_empty() {
+pub fn wanted(
+    shadows: &[ActiveShadow],
+    served: Option<usize>,
+    source: Source,
+    key: Option<&[u8]>,
+) -> bool {
+    if shadows.is_empty() {
         return false;
     }
     match (served, key) {
-        (Some(served), Some(key)) if source == Source::Sticky => active
-            .shadows
+        (Some(served), Some(key)) if source == Source::Sticky => shadows
             .iter()
             .any(|s| s.of == served && sampled(key, s.config.sample)),
         _ => false,
@@ -118,7 +121,7 @@ pub struct Mirrored<'a, H> {
 /// `key`: each copy (with `X-Shadow: 1` and the same `X-Request-Id`) is sent on a task
 /// of this worker's runtime, compared and counted there; nothing is awaited here.
 pub fn mirror<'h, H>(
-    active: &Active,
+    shadows: &[ActiveShadow],
     served: Option<usize>,
     source: Source,
     key: Option<&[u8]>,
@@ -126,7 +129,7 @@ pub fn mirror<'h, H>(
 ) where
     H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
 {
-    if !wanted(active, served, source, key) || !is_predict(request.path) {
+    if !wanted(shadows, served, source, key) || !is_predict(request.path) {
         return;
     }
     let (Some(served), Some(key)) = (served, key) else {
@@ -136,7 +139,7 @@ pub fn mirror<'h, H>(
     // the copy is skipped and counted as dropped.
     let answer = request.primary.filter(|p| p.len() <= ANSWER_LIMIT);
     let mut primary: Option<Arc<[u8]>> = None;
-    for shadow in &active.shadows {
+    for shadow in shadows {
         if shadow.of != served || !sampled(key, shadow.config.sample) {
             continue;
         }
@@ -311,9 +314,9 @@ struct ShadowView {
 }
 
 /// The figures of the active shadows.
-pub fn view(_router: &Router, active: &Active) -> ShadowsView {
+pub fn view(shadows: &[ActiveShadow]) -> ShadowsView {
     ShadowsView {
-        shadows: active.shadows.iter().map(shadow_view).collect(),
+        shadows: shadows.iter().map(shadow_view).collect(),
     }
 }
 
@@ -375,6 +378,7 @@ fn shadow_view(s: &ActiveShadow) -> ShadowView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Router;
     use std::path::Path;
 
     fn router_with(extra: &str) -> Arc<Router> {
@@ -393,26 +397,31 @@ mod tests {
     fn only_sticky_users_served_by_the_mirrored_arm_are_wanted() {
         let router = router_with("sample = 1.0\n");
         let active = router.active();
-        assert!(wanted(&active, Some(0), Source::Sticky, Some(&b"u"[..])));
+        assert!(wanted(
+            &active.shadows,
+            Some(0),
+            Source::Sticky,
+            Some(&b"u"[..])
+        ));
         assert!(
-            !wanted(&active, Some(1), Source::Sticky, Some(&b"u"[..])),
+            !wanted(&active.shadows, Some(1), Source::Sticky, Some(&b"u"[..])),
             "another arm"
         );
         assert!(
-            !wanted(&active, None, Source::Sticky, Some(&b"u"[..])),
+            !wanted(&active.shadows, None, Source::Sticky, Some(&b"u"[..])),
             "no arm served"
         );
         assert!(
-            !wanted(&active, Some(0), Source::Anonymous, None),
+            !wanted(&active.shadows, Some(0), Source::Anonymous, None),
             "anonymous"
         );
         assert!(
-            !wanted(&active, Some(0), Source::Override, Some(&b"u"[..])),
+            !wanted(&active.shadows, Some(0), Source::Override, Some(&b"u"[..])),
             "override"
         );
         let none = router_with("sample = 0.0\n");
         assert!(!wanted(
-            &none.active(),
+            &none.active().shadows,
             Some(0),
             Source::Sticky,
             Some(&b"u"[..])

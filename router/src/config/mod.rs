@@ -11,8 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::assignment::Split;
-pub use crate::experiment::guardrail::{GuardrailAction, GuardrailConfig};
+
+pub mod edit;
+mod guardrails;
 use abgate_stats::Metric;
+pub use guardrails::{GuardrailAction, GuardrailConfig};
+
+/// XXH3 of config text, as the hex `hash` shown by `/api/config`.
+pub fn config_hash(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
 
 /// Environment prefix: `ABGATE_ROUTER_FAILOVER=false` overrides `failover`,
 /// `ABGATE_ROUTER_OVERRIDE__TOKEN=s3cret` overrides `override.token`.
