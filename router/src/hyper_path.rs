@@ -1,13 +1,14 @@
-//! The hyper transport for predictions and feedback (and whatever the fast path hands
-//! over): the request read whole, assigned and forwarded by [`crate::policy`]'s rules,
-//! the arm's answer read whole through the one client in [`crate::upstream`], recorded,
-//! mirrored and answered with the router's headers. The route table that calls it is
-//! [`crate::service`]; the Open Inference Protocol's routes ([`crate::oip`]) call it too.
+//! The hyper transport: a request hyper received (everything the fast path does not
+//! serve) is read whole and handed to the one pipeline ([`crate::forward`]) as a
+//! borrowed view; the answer the pipeline writes is collected and turned into hyper's
+//! response. Feedback and the protocol's metadata take one arm attempt each, read whole.
+//! The route table that calls this is [`crate::service`]; the Open Inference
+//! Protocol's routes ([`crate::oip`]) call it too.
 
 use abgate_common::http::{error_response, read_body};
 use abgate_common::ApiError;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,12 +17,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::RouterError;
-use crate::headers::{ASSIGNED_VARIANT, VARIANT};
-use crate::policy::{self, Answer, Assignment, Endpoint};
+use crate::forward::{self, Buffers, Headers, Prediction, User};
+use crate::policy::{self, Answer, Endpoint};
 use crate::state::{Active, Router};
-use crate::upstream::h1::{self, Tags};
-use crate::upstream::relay::{relay, Relay, Sink};
-use crate::upstream::{self, release};
+use crate::upstream::h1::{self, Framing, Tags};
+use crate::upstream::relay::{relay, BodyCopy, Relay, Sink};
+use crate::upstream::release;
 
 /// Body of every router response.
 pub type RouterBody = Full<Bytes>;
@@ -53,58 +54,48 @@ fn error_response_on(err: &ApiError, endpoint: Endpoint) -> Response<RouterBody>
     }
 }
 
-/// An arm's answer, read whole.
+/// An arm's answer, read whole: its status, the header lines the client may see, and
+/// the body.
 pub(crate) struct Buffered {
     status: StatusCode,
-    headers: HeaderMap,
+    kept: Vec<u8>,
     body: Vec<u8>,
 }
 
-/// One exchange with `arm` for a request hyper received: the request written by the
-/// one codec, the answer read whole by its framing.
-// The request's parts, the arm and the retry's memory: a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// One exchange with `arm` for a request hyper received, by the one arm attempt
+/// ([`forward::attempt`]); the answer read whole by its framing.
 pub(crate) async fn exchange(
     active: &Active,
-    index: usize,
+    arm: usize,
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
     request_id: &HeaderValue,
     body: &[u8],
-    failed: &mut Option<std::net::SocketAddr>,
 ) -> Result<Buffered, RouterError> {
-    let arm = &active.arms[index].config;
     let settings = &active.config.upstream;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let pairs = header_pairs(headers);
     let mut out = Vec::with_capacity(1024 + body.len());
-    let pairs: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .collect();
-    h1::write_request_head(
+    forward::arm_request(
         &mut out,
+        active.arms[arm].config.authority.as_str(),
         method.as_str(),
         path.as_bytes(),
-        arm.authority.as_str(),
         pairs.iter().copied(),
         request_id.as_bytes(),
-        body.len(),
+        body,
     );
-    out.extend_from_slice(body);
-    let mut kept = HeaderMap::new();
-    let (endpoint, _inflight) = policy::pick_endpoint(active, index, *failed)?;
-    let series = &active.arms[index].series;
-    let target = upstream::Target::endpoint(arm, &endpoint).counting(&series.mismatched);
-    let result = upstream::exchange_at(target, settings, &out, request_id.as_bytes(), |n, v| {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
-            kept.append(n, v);
-        }
-    })
-    .await;
-    policy::endpoint_outcome(active, index, &endpoint, &result);
-    *failed = result.is_err().then_some(endpoint.addr);
-    let (mut upstream, head) = result?;
+    let mut kept = Vec::new();
+    let (mut upstream, head) = forward::attempt(
+        active,
+        arm,
+        &mut None,
+        &out,
+        request_id.as_bytes(),
+        &mut kept,
+    )
+    .await?;
     let mut answer = Vec::new();
     let mut sink = Sink::Buffer {
         body: &mut answer,
@@ -112,7 +103,7 @@ pub(crate) async fn exchange(
     };
     let deadline = tokio::time::Instant::now() + settings.request_timeout;
     let broken = |reason: &str| RouterError::Broken {
-        arm: arm.name.clone(),
+        arm: active.arms[arm].config.name.clone(),
         reason: reason.to_string(),
     };
     match relay(&mut upstream, head.framing, &mut sink, deadline).await {
@@ -123,79 +114,110 @@ pub(crate) async fn exchange(
     }
     Ok(Buffered {
         status: head.status,
-        headers: kept,
+        kept,
         body: answer,
     })
 }
 
-/// The hyper transport's attempt: the request re-written for the arm, the answer read
-/// whole.
-struct HyperAttempt<'a> {
-    active: &'a Active,
-    /// The endpoint the last attempt failed on (a retry avoids it).
-    failed: Option<std::net::SocketAddr>,
-    uri: &'a http::Uri,
-    headers: &'a HeaderMap,
-    request_id: &'a HeaderValue,
-    body: &'a [u8],
+fn header_pairs(headers: &HeaderMap) -> Vec<(&[u8], &[u8])> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect()
 }
 
-impl policy::Attempt for HyperAttempt<'_> {
-    type Output = Buffered;
-
-    async fn attempt(&mut self, arm: usize) -> Result<Buffered, RouterError> {
-        let (uri, headers) = (self.uri, self.headers);
-        exchange(
-            self.active,
-            arm,
-            &Method::POST,
-            uri,
-            headers,
-            self.request_id,
-            self.body,
-            &mut self.failed,
-        )
-        .await
-    }
-}
-
-/// The client's response for an arm's answer, or the router's error, with the
-/// router's headers.
+/// The client's response for an arm's answer read whole, or the router's error: the
+/// head written as the fast path writes it ([`forward::client_head`]), then turned
+/// into hyper's response.
 pub(crate) fn respond(
     result: Result<Buffered, ApiError>,
     tags: &Tags<'_>,
     endpoint: Endpoint,
 ) -> Response<RouterBody> {
-    let mut response = match result {
+    let mut head = Vec::with_capacity(512);
+    match result {
         Ok(answer) => {
-            let mut response = Response::new(Full::new(Bytes::from(answer.body)));
-            *response.status_mut() = answer.status;
-            *response.headers_mut() = answer.headers;
-            response
+            let framing = Framing::Length(answer.body.len());
+            forward::client_head(&mut head, answer.status, &answer.kept, framing, tags);
+            into_response(&head, answer.body)
         }
-        Err(err) => error_response_on(&err, endpoint),
+        Err(err) => {
+            h1::write_error(&mut head, &err, &policy::error_body(&err, endpoint), tags);
+            into_response(&head, Vec::new())
+        }
+    }
+}
+
+/// Hyper's response for an answer the router wrote as HTTP/1.1 bytes: `written` holds
+/// the head (and perhaps the start of the body), `body` the rest of the body. Framing
+/// and connection headers are hyper's to set.
+fn into_response(written: &[u8], mut body: Vec<u8>) -> Response<RouterBody> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = parsed.parse(written) else {
+        let err = ApiError::new(
+            abgate_common::ErrorKind::Internal,
+            "the router wrote an answer it cannot read back",
+        );
+        return error_response(&err);
     };
-    let headers = response.headers_mut();
-    for (name, value) in [(VARIANT, tags.variant), (ASSIGNED_VARIANT, tags.assigned)] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v).ok()) {
-            headers.insert(name, v);
+    if len < written.len() {
+        let mut whole = written[len..].to_vec();
+        whole.append(&mut body);
+        body = whole;
+    }
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            continue;
+        };
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        if let Ok(value) = HeaderValue::from_bytes(h.value) {
+            map.append(name, value);
         }
     }
     response
 }
 
-/// The closed-set answer of an exchange, for recording.
-fn answer_of(result: &Result<Buffered, ApiError>) -> Answer {
-    match result {
-        Ok(a) if a.status.is_success() => Answer::Arm {
-            status: a.status,
-            error: None,
-        },
-        Ok(a) => Answer::Arm {
-            status: a.status,
-            error: Some(policy::arm_error_kind(a.status, &a.body)),
-        },
-        Err(e) => Answer::Router(e.kind),
+/// The hyper side of the pipeline: the answer is collected whole, then answered.
+#[derive(Default)]
+struct Collected {
+    /// The head the pipeline wrote (a complete error answer: head and body).
+    head: Vec<u8>,
+    /// The arm's body.
+    body: Vec<u8>,
+}
+
+impl forward::Client for Collected {
+    const STREAMS: bool = false;
+
+    fn sink<'s>(&'s mut self, head: &'s mut Vec<u8>, _copy: Option<&'s mut BodyCopy>) -> Sink<'s> {
+        self.head.clear();
+        self.head.extend_from_slice(head);
+        self.body.clear();
+        Sink::Buffer {
+            body: &mut self.body,
+            limit: BUFFERED_ANSWER_LIMIT,
+        }
+    }
+
+    async fn send(&mut self, answer: &[u8]) -> bool {
+        self.head.clear();
+        self.head.extend_from_slice(answer);
+        self.body.clear();
+        true
+    }
+
+    fn body(&self) -> Option<&[u8]> {
+        Some(&self.body)
     }
 }
 
@@ -221,69 +243,39 @@ pub(crate) async fn predict(
         Endpoint::Predict => &body,
         Endpoint::Infer => &[],
     };
-    let mut assigned: Assignment = match policy::assign(active, &parts.headers, keyed_body) {
-        Ok(a) => a,
+    let overridden = match policy::override_arm(active, &parts.headers) {
+        Ok(o) => o,
         Err(e) => return reject_unassigned_on(router, &e, endpoint),
     };
-    assigned.endpoint = endpoint;
-    let mut transport = HyperAttempt {
-        active,
-        failed: None,
-        uri: &parts.uri,
-        headers: &parts.headers,
-        request_id,
+    let key = policy::user_key(&parts.headers, keyed_body);
+    let pairs = header_pairs(&parts.headers);
+    let request = Prediction {
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+        headers: Headers::Pairs(&pairs),
         body: &body,
+        request_id: request_id.as_bytes(),
+        user: match overridden {
+            Some(arm) => User::Override(arm),
+            None => User::Key(key.as_deref()),
+        },
+        endpoint,
+        close: false,
+        started,
     };
-    let forwarded = policy::forward_with_retry(active, &assigned, &mut transport).await;
-    let result = forwarded.result.map_err(|e| {
-        tracing::debug!(error = %e, "predict failed");
-        e.to_api()
-    });
-    let answer = answer_of(&result);
-    policy::record_prediction(
+    let mut collected = Collected::default();
+    forward::predict(
         router,
         active,
-        &assigned,
-        forwarded.serving,
-        answer,
-        started,
-    );
-    let tags = policy::tags(
-        active,
-        forwarded.serving,
-        assigned.arm,
-        request_id.as_bytes(),
-        false,
-    );
-    let mirrored = result.as_ref().ok().filter(|a| a.status.is_success());
-    if let Some(answer) = mirrored.filter(|_| !active.shadows.is_empty()) {
-        // Shadow traffic: the copy is sent on its own task once this one answers.
-        let key = policy::user_key(&parts.headers, &body);
-        let pairs: Vec<(&[u8], &[u8])> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            .collect();
-        crate::shadow::mirror(
-            &active.shadows,
-            forwarded.serving,
-            assigned.source,
-            key.as_deref(),
-            crate::shadow::Mirrored {
-                path: parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-                headers: pairs.iter().copied(),
-                request_id: request_id.as_bytes(),
-                body: &body,
-                primary: Some(&answer.body),
-                primary_elapsed: started.elapsed(),
-            },
-        );
-    }
-    respond(result, &tags, endpoint)
+        &request,
+        &mut Buffers::default(),
+        &mut collected,
+    )
+    .await;
+    into_response(&collected.head, collected.body)
 }
 
 /// Feedback through hyper: forwarded to the arm that made the prediction.
@@ -312,7 +304,6 @@ pub(crate) async fn feedback(
         &parts.headers,
         request_id,
         &body,
-        &mut None,
     )
     .await
     .map_err(|e| e.to_api());
@@ -331,4 +322,19 @@ pub(crate) async fn feedback(
     );
     let tags = policy::tags(active, Some(target), target, request_id.as_bytes(), false);
     respond(result, &tags, Endpoint::Predict)
+}
+
+/// The closed-set answer of an exchange read whole, for recording.
+fn answer_of(result: &Result<Buffered, ApiError>) -> Answer {
+    match result {
+        Ok(a) if a.status.is_success() => Answer::Arm {
+            status: a.status,
+            error: None,
+        },
+        Ok(a) => Answer::Arm {
+            status: a.status,
+            error: Some(policy::arm_error_kind(a.status, &a.body)),
+        },
+        Err(e) => Answer::Router(e.kind),
+    }
 }

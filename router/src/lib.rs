@@ -41,6 +41,7 @@ pub mod endpoint;
 pub mod error;
 pub mod experiment;
 pub mod fastpath;
+pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod hyper_path;

@@ -86,7 +86,6 @@ async fn metadata(
         &parts.headers,
         request_id,
         &[],
-        &mut None,
     )
     .await
     .map_err(|e| e.to_api());

@@ -97,7 +97,9 @@ fn body_user_id(body: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+/// The arm an `X-Variant` override asks for, when overrides are on and its token (if
+/// one is configured) is right.
+pub fn override_arm(active: &Active, headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     let settings = &active.config.override_;
     let Some(requested) = headers.get(VARIANT) else {
         return Ok(None);

@@ -21,14 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::error::RouterError;
+use crate::forward::{self, Buffers, Headers, Outcome, Prediction, User};
 use crate::headers::new_request_id;
-use crate::policy::{self, Answer, Assignment, ARM_ERROR_BODY_LIMIT};
-use crate::shadow;
+use crate::policy;
 use crate::state::{Active, Router};
-use crate::upstream::h1::{self, Framing, Tags};
-use crate::upstream::relay::{relay, BodyCopy, Relay, Sink};
-use crate::upstream::{self, release};
+use crate::upstream::h1::{self, Tags};
+use crate::upstream::relay::{BodyCopy, Sink};
 use request::{inspect, Inspection, Plan};
 
 /// Read size while waiting for a head: heads are small, and an idle connection should
@@ -101,29 +99,68 @@ pub async fn serve_connection(
         }
         // The arm's latency starts once the request is complete: a client's slow
         // upload is not the arm's time.
-        let started = std::time::Instant::now();
-        let key = Some(&conn.buf[plan.user.clone()]);
-        let mut assigned = policy::assign_key(&active, key);
-        assigned.endpoint = plan.endpoint;
-        match conn
-            .forward(&mut client, &plan, &assigned, started, &active, &router)
-            .await
-        {
-            Ok(true) => {
+        let buf = &conn.buf;
+        let request = Prediction {
+            path: &buf[plan.path.clone()],
+            headers: Headers::Ranges {
+                buf,
+                ranges: &plan.headers,
+            },
+            body: &buf[plan.head_len..plan.head_len + plan.body_len],
+            request_id: &conn.request_id,
+            user: User::Key(Some(&buf[plan.user.clone()])),
+            endpoint: plan.endpoint,
+            close: plan.close,
+            started: std::time::Instant::now(),
+        };
+        let mut socket = Socket {
+            stream: &mut client,
+            send_timeout: active.config.send_timeout,
+        };
+        match forward::predict(&router, &active, &request, &mut conn.bufs, &mut socket).await {
+            Outcome::KeepAlive => {
                 conn.buf.advance(plan.head_len + plan.body_len);
                 conn.shrink(plan.head_len + plan.body_len);
             }
-            Ok(false) => {
+            Outcome::Close => {
                 let _ = client.shutdown().await;
                 return Handoff::Closed;
             }
-            Err(ClientGone) => return Handoff::Closed,
+            Outcome::ClientGone => return Handoff::Closed,
         }
     }
 }
 
-/// The client's connection is unusable; nothing more can be sent on it.
-struct ClientGone;
+/// The fast path's side of the pipeline: answers are streamed to the client's socket.
+struct Socket<'c> {
+    stream: &'c mut TcpStream,
+    send_timeout: Duration,
+}
+
+impl forward::Client for Socket<'_> {
+    const STREAMS: bool = true;
+
+    fn sink<'s>(&'s mut self, head: &'s mut Vec<u8>, copy: Option<&'s mut BodyCopy>) -> Sink<'s> {
+        Sink::Client {
+            stream: self.stream,
+            pending: head,
+            send_timeout: self.send_timeout,
+            wrote: false,
+            copy,
+        }
+    }
+
+    async fn send(&mut self, answer: &[u8]) -> bool {
+        matches!(
+            timeout(self.send_timeout, self.stream.write_all(answer)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    fn body(&self) -> Option<&[u8]> {
+        None
+    }
+}
 
 /// Per-client-connection state, reused from request to request.
 struct Connection {
@@ -131,12 +168,8 @@ struct Connection {
     buf: BytesMut,
     /// The current request's id.
     request_id: Vec<u8>,
-    /// The request for the arm.
-    out: Vec<u8>,
-    /// The arm's response headers the client may see, as header lines.
-    kept: Vec<u8>,
-    /// The client's response head (and body bytes) waiting to be written.
-    head: Vec<u8>,
+    /// The pipeline's buffers (the arm's request, kept headers, the client's head).
+    bufs: Buffers,
 }
 
 impl Connection {
@@ -144,9 +177,11 @@ impl Connection {
         Connection {
             buf: BytesMut::with_capacity(HEAD_READ),
             request_id: Vec::with_capacity(32),
-            out: Vec::with_capacity(HEAD_READ),
-            kept: Vec::with_capacity(512),
-            head: Vec::with_capacity(HEAD_READ),
+            bufs: Buffers {
+                out: Vec::with_capacity(HEAD_READ),
+                kept: Vec::with_capacity(512),
+                head: Vec::with_capacity(HEAD_READ),
+            },
         }
     }
 
@@ -162,13 +197,13 @@ impl Connection {
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
         }
-        for v in [&mut self.out, &mut self.head] {
+        for v in [&mut self.bufs.out, &mut self.bufs.head] {
             if v.capacity() > KEEP_IDLE {
                 *v = Vec::with_capacity(HEAD_READ);
             }
         }
-        if self.kept.capacity() > KEEP_IDLE {
-            self.kept = Vec::with_capacity(512);
+        if self.bufs.kept.capacity() > KEEP_IDLE {
+            self.bufs.kept = Vec::with_capacity(512);
         }
     }
 
@@ -212,20 +247,16 @@ impl Connection {
         request_id: &[u8],
         endpoint: policy::Endpoint,
     ) {
-        self.head.clear();
+        let head = &mut self.bufs.head;
+        head.clear();
         let tags = Tags {
             variant: None,
             assigned: None,
             request_id,
             close: true,
         };
-        h1::write_error(
-            &mut self.head,
-            err,
-            &policy::error_body(err, endpoint),
-            &tags,
-        );
-        let sent = timeout(active.config.send_timeout, client.write_all(&self.head)).await;
+        h1::write_error(head, err, &policy::error_body(err, endpoint), &tags);
+        let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
         if matches!(sent, Ok(Ok(()))) && client.shutdown().await.is_ok() {
             linger(client, active.config.linger).await;
         }
@@ -266,204 +297,6 @@ impl Connection {
         }
         true
     }
-
-    /// Forwards the buffered request by the policy and answers the client. `Ok(true)`
-    /// when the connection can carry another request.
-    async fn forward(
-        &mut self,
-        client: &mut TcpStream,
-        plan: &Plan,
-        assigned: &Assignment,
-        started: std::time::Instant,
-        active: &Active,
-        router: &Router,
-    ) -> Result<bool, ClientGone> {
-        let Connection {
-            buf,
-            request_id,
-            out,
-            kept,
-            head,
-        } = self;
-        let settings = &active.config.upstream;
-        let mut transport = FastAttempt {
-            active,
-            failed: None,
-            buf,
-            plan,
-            request_id,
-            out,
-            kept,
-        };
-        let forwarded = policy::forward_with_retry(active, assigned, &mut transport).await;
-        let serving = forwarded.serving;
-        let tags = policy::tags(active, serving, assigned.arm, request_id, plan.close);
-        head.clear();
-        let (mut upstream, response) = match forwarded.result {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::debug!(error = %e, "predict failed");
-                let err = e.to_api();
-                let answer = Answer::Router(err.kind);
-                policy::record_prediction(router, active, assigned, serving, answer, started);
-                return send_error(client, head, &err, plan, &tags, active.config.send_timeout)
-                    .await;
-            }
-        };
-        let deadline = Instant::now() + settings.request_timeout;
-        let error = if response.status.is_success() {
-            None
-        } else {
-            let body = match response.framing {
-                Framing::Length(n) if n <= ARM_ERROR_BODY_LIMIT => {
-                    match upstream::fill(&mut upstream, n, deadline).await {
-                        Ok(()) => &upstream.buf[..n],
-                        Err(()) => &[][..],
-                    }
-                }
-                _ => &[][..],
-            };
-            Some(policy::arm_error_kind(response.status, body))
-        };
-        let answered = Answer::Arm {
-            status: response.status,
-            error,
-        };
-        // Shadow traffic (crate::shadow): for a `/predict` user sampled for a shadow of
-        // the serving arm, a copy of the body is kept beside the relay (up to the
-        // shadow's limit) and mirrored once the client has its answer. The client's
-        // answer is relayed exactly as without a shadow, whatever the body's size.
-        let key = || Some(&buf[plan.user.clone()]);
-        let mut copy = (error.is_none()
-            && !active.shadows.is_empty()
-            && plan.endpoint == abgate_common::metrics::Endpoint::Predict
-            && shadow::wanted(&active.shadows, serving, assigned.source, key()))
-        .then(|| BodyCopy::new(shadow::ANSWER_LIMIT));
-        h1::write_status_line(head, response.status);
-        head.extend_from_slice(kept);
-        h1::end_client_head(head, response.status, response.framing, &tags);
-        let mut sink = Sink::Client {
-            stream: client,
-            pending: head,
-            send_timeout: active.config.send_timeout,
-            wrote: false,
-            copy: copy.as_mut(),
-        };
-        let relayed = relay(&mut upstream, response.framing, &mut sink, deadline).await;
-        let wrote = matches!(sink, Sink::Client { wrote: true, .. });
-        match relayed {
-            Relay::Done => {
-                policy::record_prediction(router, active, assigned, serving, answered, started);
-                release(upstream, &response, settings);
-                if let Some(copy) = &copy {
-                    let request = shadow::Mirrored {
-                        path: &buf[plan.path.clone()],
-                        headers: plan
-                            .headers
-                            .iter()
-                            .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
-                        request_id,
-                        body: &buf[plan.head_len..plan.head_len + plan.body_len],
-                        primary: (!copy.overflowed).then_some(&copy.body[..]),
-                        primary_elapsed: started.elapsed(),
-                    };
-                    shadow::mirror(&active.shadows, serving, assigned.source, key(), request);
-                }
-                Ok(!plan.close && response.framing != Framing::UntilClose)
-            }
-            Relay::UpstreamFailed { relayed, reason } => {
-                let err = broken(active, serving.unwrap_or(assigned.arm), reason);
-                let answer = Answer::Router(err.kind);
-                policy::record_prediction(router, active, assigned, serving, answer, started);
-                if relayed || wrote {
-                    // Part of the answer is out: the only honest signal left is a close.
-                    return Ok(false);
-                }
-                head.clear();
-                send_error(client, head, &err, plan, &tags, active.config.send_timeout).await
-            }
-            Relay::ClientGone | Relay::TooLarge => {
-                policy::record_prediction(router, active, assigned, serving, answered, started);
-                Err(ClientGone)
-            }
-        }
-    }
-}
-
-/// The fast path's attempt: the buffered request rewritten for the arm and sent by
-/// the one client; the response head's kept headers collected for the client.
-struct FastAttempt<'a> {
-    active: &'a Active,
-    /// The endpoint the last attempt failed on (a retry avoids it).
-    failed: Option<std::net::SocketAddr>,
-    buf: &'a BytesMut,
-    plan: &'a Plan,
-    request_id: &'a [u8],
-    out: &'a mut Vec<u8>,
-    kept: &'a mut Vec<u8>,
-}
-
-impl policy::Attempt for FastAttempt<'_> {
-    type Output = (crate::pool::Upstream, h1::ResponseHead);
-
-    async fn attempt(&mut self, index: usize) -> Result<Self::Output, RouterError> {
-        let (buf, plan) = (self.buf, self.plan);
-        let arm = &self.active.arms[index].config;
-        self.out.clear();
-        h1::write_request_head(
-            self.out,
-            "POST",
-            &buf[plan.path.clone()],
-            arm.authority.as_str(),
-            plan.headers
-                .iter()
-                .map(|(n, v)| (&buf[n.clone()], &buf[v.clone()])),
-            self.request_id,
-            plan.body_len,
-        );
-        self.out
-            .extend_from_slice(&buf[plan.head_len..plan.head_len + plan.body_len]);
-        self.kept.clear();
-        let kept = &mut *self.kept;
-        let settings = &self.active.config.upstream;
-        let (endpoint, _inflight) = policy::pick_endpoint(self.active, index, self.failed)?;
-        let series = &self.active.arms[index].series;
-        let target = upstream::Target::endpoint(arm, &endpoint).counting(&series.mismatched);
-        let result = upstream::exchange_at(target, settings, self.out, self.request_id, |n, v| {
-            h1::push_header(kept, n, v)
-        })
-        .await;
-        policy::endpoint_outcome(self.active, index, &endpoint, &result);
-        self.failed = result.is_err().then_some(endpoint.addr);
-        result
-    }
-}
-
-/// Writes the router's error answer (in the request's protocol) to the client; whether
-/// the connection can carry another request.
-async fn send_error(
-    client: &mut TcpStream,
-    head: &mut Vec<u8>,
-    err: &ApiError,
-    plan: &Plan,
-    tags: &Tags<'_>,
-    send_timeout: Duration,
-) -> Result<bool, ClientGone> {
-    head.clear();
-    h1::write_error(head, err, &policy::error_body(err, plan.endpoint), tags);
-    match timeout(send_timeout, client.write_all(head)).await {
-        Ok(Ok(())) => Ok(!plan.close),
-        _ => Err(ClientGone),
-    }
-}
-
-/// The client-visible error for an arm that broke its answer's framing.
-fn broken(active: &Active, arm: usize, reason: &str) -> ApiError {
-    RouterError::Broken {
-        arm: active.arms[arm].config.name.clone(),
-        reason: reason.to_string(),
-    }
-    .to_api()
 }
 
 /// Reads and drops the client's bytes until it closes or `within` passes.
@@ -498,21 +331,19 @@ pub fn rewrite_without_sockets(
     }
     let key = Some(&request[plan.user.clone()]);
     let assigned = policy::assign_key(active, key);
-    let arm = &active.arms[assigned.arm];
     let id = new_request_id();
     let mut out = Vec::with_capacity(HEAD_READ);
-    h1::write_request_head(
+    forward::arm_request(
         &mut out,
+        active.arms[assigned.arm].config.authority.as_str(),
         "POST",
         &request[plan.path.clone()],
-        arm.config.authority.as_str(),
         plan.headers
             .iter()
             .map(|(n, v)| (&request[n.clone()], &request[v.clone()])),
         id.as_bytes(),
-        plan.body_len,
+        &request[plan.head_len..plan.head_len + plan.body_len],
     );
-    out.extend_from_slice(&request[plan.head_len..plan.head_len + plan.body_len]);
     let mut kept = Vec::with_capacity(512);
     let h1::Parsed::Final(_, head) = h1::parse_response(response, id.as_bytes(), |n, v| {
         h1::push_header(&mut kept, n, v)
@@ -529,8 +360,6 @@ pub fn rewrite_without_sockets(
         false,
     );
     let mut client = Vec::with_capacity(HEAD_READ);
-    h1::write_status_line(&mut client, head.status);
-    client.extend_from_slice(&kept);
-    h1::end_client_head(&mut client, head.status, head.framing, &tags);
+    forward::client_head(&mut client, head.status, &kept, head.framing, &tags);
     Some((assigned.arm, out.len(), client.len()))
 }

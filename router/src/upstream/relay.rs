@@ -152,7 +152,8 @@ impl Sink<'_> {
         }
     }
 
-    fn relayed(&self) -> bool {
+    /// Whether any byte has reached the client.
+    pub fn relayed(&self) -> bool {
         matches!(self, Sink::Client { wrote: true, .. })
     }
 
