@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
@@ -30,7 +30,7 @@ use crate::{ApiError, ErrorKind};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `X-Request-Id`: echoed on every answer whose request carried a valid one.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::headers::X_REQUEST_ID;
 
 /// hyper's own limit on request header lines (its headers then live on the stack).
 pub const DEFAULT_MAX_HEADERS: usize = 100;

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod feedback;
+pub mod headers;
 pub mod http;
 pub mod metrics;
 pub mod oip;

@@ -5,10 +5,10 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Variant`: the arm that answered (set on OIP responses).
-pub const X_VARIANT: HeaderName = HeaderName::from_static("x-variant");
+pub const X_VARIANT: HeaderName = abgate_common::headers::X_VARIANT;
 
 /// `X-User-Id`: the user a prediction is made for, forwarded unchanged by the router.
-pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const X_USER_ID: HeaderName = abgate_common::headers::X_USER_ID;
 
 /// The request's user key: its first `X-User-Id`, raw bytes (UTF-8 or not), when
 /// not empty. The router forwards this header unchanged.

@@ -4,16 +4,20 @@
 use http::header::HeaderName;
 use http::HeaderValue;
 
+use abgate_common::headers as names;
+
 /// Sticky key header.
-pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const USER_ID: HeaderName = names::X_USER_ID;
 /// Override request header, and the served arm on responses.
-pub const VARIANT: HeaderName = HeaderName::from_static("x-variant");
+pub const VARIANT: HeaderName = names::X_VARIANT;
 /// The arm the user was assigned when another arm served.
-pub const ASSIGNED_VARIANT: HeaderName = HeaderName::from_static("x-assigned-variant");
+pub const ASSIGNED_VARIANT: HeaderName = names::X_ASSIGNED_VARIANT;
 /// Request id, propagated or generated.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const REQUEST_ID: HeaderName = names::X_REQUEST_ID;
 /// Secret that must accompany `X-Variant` when configured.
-pub const OVERRIDE_TOKEN: HeaderName = HeaderName::from_static("x-override-token");
+pub const OVERRIDE_TOKEN: HeaderName = names::X_OVERRIDE_TOKEN;
+/// Marks a shadow's copy of a request.
+pub const SHADOW: &str = names::SHADOW;
 
 /// Headers that describe one hop (RFC 9110 §7.6.1, plus the legacy
 /// `Proxy-Connection`), never passed on in either direction. Headers named by
@@ -31,7 +35,7 @@ pub const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Headers the router sets itself on responses: an arm's own are dropped.
-const ROUTER_OWNED: [&str; 3] = ["x-variant", "x-assigned-variant", "x-request-id"];
+const ROUTER_OWNED: [&str; 3] = [names::VARIANT, names::ASSIGNED_VARIANT, names::REQUEST_ID];
 
 fn is(name: &[u8], list: &[&str]) -> bool {
     list.iter().any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
@@ -82,7 +86,12 @@ pub fn forwarded_upstream(name: &[u8], connection: &ConnectionTokens<'_>) -> boo
         && !connection.names(name)
         && !is(
             name,
-            &["host", "content-length", "x-override-token", "x-request-id"],
+            &[
+                "host",
+                "content-length",
+                names::OVERRIDE_TOKEN,
+                names::REQUEST_ID,
+            ],
         )
 }
 

@@ -9,6 +9,7 @@ use std::ops::Range;
 
 use crate::headers::{valid_request_id, ConnectionTokens};
 use crate::upstream::h1::parse_length;
+use abgate_common::headers as names;
 
 /// Request heads with more header lines go to hyper (which allows 100).
 pub const MAX_HEADERS: usize = 64;
@@ -114,14 +115,14 @@ pub fn inspect(buf: &[u8], max_head_bytes: usize, body_limit: usize) -> Inspecti
                 // Over the limit (413), or a repeated equal length: hyper's path.
                 _ => return Inspection::Hyper,
             }
-        } else if name.eq_ignore_ascii_case(b"x-user-id") {
+        } else if name.eq_ignore_ascii_case(names::USER_ID.as_bytes()) {
             if user.is_some() || value.is_empty() || !field_value(value) {
                 return Inspection::Hyper;
             }
             user = Some(span(buf, value));
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection.add(value);
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+        } else if name.eq_ignore_ascii_case(names::REQUEST_ID.as_bytes()) {
             // Like the hyper path: the first one counts, kept only if valid.
             if !id_seen && valid_request_id(value) {
                 request_id = Some(span(buf, value));
@@ -131,7 +132,7 @@ pub fn inspect(buf: &[u8], max_head_bytes: usize, body_limit: usize) -> Inspecti
             &b"transfer-encoding"[..],
             b"expect",
             b"upgrade",
-            b"x-variant",
+            names::VARIANT.as_bytes(),
         ]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))

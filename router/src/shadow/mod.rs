@@ -27,7 +27,7 @@ pub use compare::sampled;
 pub const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The header marking a mirrored request.
-const SHADOW_HEADER: &[u8] = b"x-shadow";
+const SHADOW_HEADER: &[u8] = crate::headers::SHADOW.as_bytes();
 
 /// What outlives a reload of one shadow: the in-flight count (so the bound holds
 /// across versions) and the primary's latency on mirrored requests.

@@ -8,9 +8,10 @@ use http::StatusCode;
 use std::io::Write as _;
 
 use crate::headers::{forwarded_downstream, forwarded_upstream, ConnectionTokens};
+use abgate_common::headers as names;
 
 /// The request id header, lower case.
-const REQUEST_ID: &[u8] = b"x-request-id";
+const REQUEST_ID: &[u8] = abgate_common::headers::REQUEST_ID.as_bytes();
 
 /// Response heads with more header lines are refused.
 pub const MAX_HEADERS: usize = 64;
@@ -95,7 +96,7 @@ pub fn write_request_head<'h>(
             push_header(out, name, value);
         }
     }
-    push_header(out, b"x-request-id", request_id);
+    push_header(out, REQUEST_ID, request_id);
     let _ = write!(out, "content-length: {body_len}\r\n\r\n");
 }
 
@@ -223,12 +224,12 @@ impl Tags<'_> {
     /// Appends the router's headers.
     pub fn write(&self, out: &mut Vec<u8>) {
         if let Some(variant) = self.variant {
-            push_header(out, b"x-variant", variant);
+            push_header(out, names::VARIANT.as_bytes(), variant);
         }
         if let Some(assigned) = self.assigned {
-            push_header(out, b"x-assigned-variant", assigned);
+            push_header(out, names::ASSIGNED_VARIANT.as_bytes(), assigned);
         }
-        push_header(out, b"x-request-id", self.request_id);
+        push_header(out, REQUEST_ID, self.request_id);
         if self.close {
             out.extend_from_slice(b"connection: close\r\n");
         }
