@@ -10,8 +10,6 @@ use abgate_common::headers as names;
 pub const USER_ID: HeaderName = names::X_USER_ID;
 /// Override request header, and the served arm on responses.
 pub const VARIANT: HeaderName = names::X_VARIANT;
-/// The arm the user was assigned when another arm served.
-pub const ASSIGNED_VARIANT: HeaderName = names::X_ASSIGNED_VARIANT;
 /// Request id, propagated or generated.
 pub const REQUEST_ID: HeaderName = names::X_REQUEST_ID;
 /// Secret that must accompany `X-Variant` when configured.

@@ -1,62 +1,84 @@
 //! The abgate router: one stable front door that gives every user a sticky arm by a
 //! weighted hash and forwards `/predict` (and `/feedback`) to that arm.
 //!
-//! A tour of the crate:
+//! A tour of the crate, by layer (each layer uses only the ones below it; a test,
+//! `model-server/tests/layers.rs`, keeps the files free of import circles):
 //!
-//! * [`assignment`] — the pure assignment function (XXH3 position, weighted
-//!   intervals, failover re-split).
-//! * [`config`] — `config/router.toml` + `ABGATE_ROUTER_*`, validated with key paths.
-//! * [`state`] — the active config (swapped atomically) and what outlives reloads.
-//! * [`policy`] — the one forwarding policy every transport calls: assignment,
-//!   override, failover, retry, feedback routing, what is recorded, router headers.
-//! * [`headers`] — header names, request ids, the one hop-by-hop list.
-//! * [`upstream`] — the one HTTP/1.1 client toward arms: strict response framing
-//!   ([`upstream::h1`]), body relay ([`upstream::relay`]).
-//! * [`pool`] — idle arm connections per worker thread, checked on every checkout.
-//! * [`endpoint`] — an arm's endpoints (addresses), power-of-two-choices picking.
-//! * [`health`] — arm health state; [`checker`] — the active checks.
-//! * [`reload`] — live reload on file change and SIGHUP.
-//! * [`fastpath`] — the transport for the common `/predict` (no hyper);
-//!   [`service`] — the route table and the hyper transport; [`views`] — JSON views.
-//! * [`oip`] — the Open Inference Protocol at the router (infer assigned like
-//!   `/predict`, health answered here, metadata forwarded).
-//! * [`metrics`] — the router's metric families.
-//! * [`experiment`] — experiment analysis: per-phase statistics, SRM, comparisons,
-//!   guardrails (`GET /api/experiment`); [`report`] — `abgate report`.
-//! * [`shadow`] — shadow arms: a sample of an arm's traffic mirrored to a model no
-//!   user sees, the answers compared.
-//! * [`check`] — `abgate check`: validate a file and show who would move.
-//! * [`error`] — the error enum and its one mapping to HTTP.
+//! 1. **Routes** — `service` (the route table over hyper), `oip` (the Open Inference
+//!    Protocol: `infer` is a prediction, health answered here, metadata forwarded),
+//!    `views` (the JSON views), `status_page`.
+//! 2. **Transports** — they only move bytes: [`fastpath`] (the common `POST /predict`
+//!    over HTTP/1.1, zero-copy, on the connection's own task) and `hyper_path` (every
+//!    other request, read whole).
+//! 3. **The pipeline** — `forward`: `predict` sequences a prediction for every
+//!    transport, and `attempt` is the one way a request reaches an arm.
+//! 4. **Policy and control** — `policy`: pure decisions (assignment source, override,
+//!    failover, the retry's arm, feedback's arm, what is recorded, the router's
+//!    headers); `control`: the only code that changes the live router after start-up
+//!    (guardrail rollbacks), beside `reload` (file changes, SIGHUP) and `checker`
+//!    (active health checks).
+//! 5. **State** — [`state`]: the version in force (swapped atomically) and what
+//!    outlives reloads.
+//! 6. **Features**, each taking its own parts, never the router: `shadow` (mirrored
+//!    copies, compared), [`upstream`] (the one HTTP/1.1 client: strict framing in
+//!    [`upstream::h1`], relay, the per-thread `pool`), `experiment` (per-phase
+//!    statistics, SRM, comparisons; the record of a trip), `endpoint` and `health`
+//!    (an arm's addresses and their health).
+//! 7. **Config and metrics** — [`config`] (raw file → validated, with key paths; the
+//!    one file writer in `config::edit`), `metrics` (the router's families).
+//! 8. **Pure leaves** — [`assignment`] (XXH3 position, weighted intervals, failover
+//!    re-split), `headers` (names, request ids, the hop-by-hop rules), `error` (the
+//!    error enum and its one mapping to HTTP), `clock`.
+//!
+//! Beside them, the command-line tools: [`check`] (`abgate check`) and [`report`]
+//! (`abgate report`).
+//!
+//! ## One `/predict`, top to bottom
+//! A client's `POST /predict` with `X-User-Id` reaches `fastpath::serve_connection`,
+//! which reads the head (`fastpath::request::inspect` decides it is the fast path's),
+//! takes a concurrency slot, reads the body, and hands `forward::predict` a borrowed
+//! `Prediction` and its socket. There, in order: the user is assigned
+//! (`policy::assign_key`: the weighted hash of the key under the salt);
+//! `policy::forward_with_retry` picks the serving arm (failover when it is down) and
+//! runs `forward::attempt` — an endpoint picked, the request written by the one codec,
+//! sent over a pooled connection that holds no stray byte, the answer's head parsed
+//! and its `X-Request-Id` echo checked — retrying once where the policy says; the
+//! answer is classified (an error body of ours says its kind); `forward::client_head`
+//! writes the status line, the arm's visible headers and the router's (`X-Variant`,
+//! `X-Assigned-Variant`, `X-Request-Id`); the body is relayed to the client as it
+//! arrives; the connection goes back to the pool; `policy::record_prediction` counts
+//! it (metrics and the experiment); and a sampled user's request is mirrored to its
+//! shadows. Any other request takes the same path from `hyper_path::predict`.
 //!
 //! [`run`] serves on a listener until a shutdown future resolves, so tests start a
 //! real router in-process on port 0.
 
 pub mod assignment;
 pub mod check;
-pub mod checker;
+mod checker;
 mod clock;
 pub mod config;
-pub mod control;
-pub mod endpoint;
-pub mod error;
-pub mod experiment;
+mod control;
+mod endpoint;
+mod error;
+mod experiment;
 pub mod fastpath;
-pub mod forward;
-pub mod headers;
-pub mod health;
-pub mod hyper_path;
-pub mod metrics;
-pub mod oip;
-pub mod policy;
-pub mod pool;
-pub mod reload;
+mod forward;
+mod headers;
+mod health;
+mod hyper_path;
+mod metrics;
+mod oip;
+mod policy;
+mod pool;
+mod reload;
 pub mod report;
-pub mod service;
-pub mod shadow;
+mod service;
+mod shadow;
 pub mod state;
-pub mod status_page;
+mod status_page;
 pub mod upstream;
-pub mod views;
+mod views;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -163,6 +163,7 @@ pub fn clear() {
 }
 
 /// Idle connections held by this thread to `authority`.
+#[cfg(test)]
 pub fn idle_count(authority: &str) -> usize {
     POOL.with_borrow(|pool| {
         pool.arms

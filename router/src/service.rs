@@ -150,6 +150,7 @@ async fn route(
 }
 
 /// Whether a path is one of the router's routes (for tests and `check`).
+#[cfg(test)]
 pub fn is_route(path: &str) -> bool {
     ROUTES.iter().any(|r| r.path == path)
 }

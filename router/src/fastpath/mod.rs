@@ -1,12 +1,13 @@
 //! The forwarding fast path: connection control for the request that makes up nearly
 //! all traffic — `POST /predict` over HTTP/1.1 with `X-User-Id` and a
-//! `Content-Length` body. The head is read ([`request`]), the policy assigns and
-//! forwards it ([`crate::policy`]) over the one arm client ([`crate::upstream`]),
-//! driven by the request's own task: a request crosses no task or thread.
+//! `Content-Length` body. The head is read ([`request`]) and the request handed, as a
+//! borrowed view of this connection's buffer, to the one pipeline (`crate::forward`),
+//! which answers on this socket, driven by the request's own task: a request crosses
+//! no task or thread.
 //!
 //! Anything else — other routes and methods, overrides, chunked or oversized bodies,
 //! `Expect`, upgrades, HTTP/1.0, the concurrency limit — is handed to hyper with the
-//! bytes already read, and [`crate::service`] serves the rest of that connection. A
+//! bytes already read, and the route table (`crate::service`) serves the rest of that connection. A
 //! head that is not HTTP/1.1 or is too large is answered here with a JSON error and a
 //! lingering close.
 

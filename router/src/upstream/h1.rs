@@ -265,7 +265,7 @@ pub fn end_client_head(out: &mut Vec<u8>, status: StatusCode, framing: Framing, 
 }
 
 /// The router's own JSON error answer, complete, into `out` (`body` is the error in
-/// the shape of the request's protocol, see [`crate::policy::error_body`]).
+/// the shape of the request's protocol, see `crate::policy::error_body`).
 pub fn write_error(out: &mut Vec<u8>, err: &ApiError, body: &[u8], tags: &Tags<'_>) {
     let status = err.kind.status();
     write_status_line(out, status);

@@ -1,6 +1,6 @@
 //! Talking to arms: one HTTP/1.1 client for every path (the fast path, the hyper
 //! routes, health checks). A request goes out over a pooled connection that holds no
-//! unread byte (checked on every checkout, see [`crate::pool`]) or a fresh one; the
+//! unread byte (checked on every checkout, see `crate::pool`) or a fresh one; the
 //! response head is parsed strictly ([`h1`]) and its body relayed by its framing
 //! ([`relay`]). Only a connection whose response was framed exactly, and left nothing
 //! unread, goes back to the pool.
@@ -280,7 +280,7 @@ async fn send(
 /// Returns a connection to the pool if its last response was framed exactly and
 /// left no byte unread in the buffer; otherwise it is closed. Whatever is already
 /// waiting in the socket, or arrives while it is idle, is caught by the kernel peek
-/// at checkout ([`pool::checkout`]); the immediate ACK sent here makes an arm's
+/// at checkout (`pool::checkout`); the immediate ACK sent here makes an arm's
 /// held-back bytes arrive before then.
 pub fn release(mut upstream: Upstream, head: &ResponseHead, settings: &UpstreamConfig) {
     pool::acknowledge(&upstream.stream);
