@@ -3,10 +3,7 @@
 //! weights, arm health, reloads, failovers and how users were assigned.
 
 use abgate_common::metrics::{ArmMetrics, Metrics};
-use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts,
-};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// `variant` label of errors that happen before an arm is chosen.
 pub const UNASSIGNED: &str = "unassigned";
@@ -58,79 +55,6 @@ impl ReloadResult {
     }
 }
 
-/// What became of one mirrored request (`abgate_shadow_requests_total{result}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShadowResult {
-    /// Both answers parsed; their predictions were compared.
-    Compared,
-    /// The shadow refused, failed, timed out or answered non-2xx.
-    ShadowError,
-    /// Not sent: `max_in_flight` copies were already in flight.
-    Dropped,
-    /// An answer had no usable `prediction`/`predictions`, or their lengths differ.
-    Unparseable,
-}
-
-impl ShadowResult {
-    /// Every result, in a stable order.
-    pub const ALL: [ShadowResult; 4] = [
-        ShadowResult::Compared,
-        ShadowResult::ShadowError,
-        ShadowResult::Dropped,
-        ShadowResult::Unparseable,
-    ];
-
-    /// Label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ShadowResult::Compared => "compared",
-            ShadowResult::ShadowError => "shadow_error",
-            ShadowResult::Dropped => "dropped",
-            ShadowResult::Unparseable => "unparseable",
-        }
-    }
-}
-
-/// Buckets of `abgate_shadow_absolute_difference`, in prediction units.
-pub const DIFFERENCE_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
-];
-
-/// The shadow families (labelled by shadow name, which comes from the config).
-#[derive(Clone)]
-struct ShadowFamilies {
-    requests: IntCounterVec,
-    difference: HistogramVec,
-    agreements: IntCounterVec,
-    duration: HistogramVec,
-}
-
-/// Pre-resolved series of one shadow.
-#[derive(Clone)]
-pub struct ShadowSeries {
-    requests: [IntCounter; 4],
-    /// `abgate_shadow_absolute_difference{shadow}`: |shadow - primary| per prediction.
-    pub difference: Histogram,
-    /// `abgate_shadow_agreements_total{shadow,agree="true"}`.
-    pub agree: IntCounter,
-    /// `abgate_shadow_agreements_total{shadow,agree="false"}`.
-    pub disagree: IntCounter,
-    /// `abgate_shadow_duration_seconds{shadow}`: time for the shadow's whole answer.
-    pub duration: Histogram,
-}
-
-impl ShadowSeries {
-    /// Counts one mirrored request's outcome.
-    pub fn result(&self, result: ShadowResult) {
-        self.requests[result as usize].inc();
-    }
-
-    /// Mirrored requests so far with `result`.
-    pub fn count(&self, result: ShadowResult) -> u64 {
-        self.requests[result as usize].get()
-    }
-}
-
 /// All router families.
 #[derive(Clone)]
 pub struct RouterMetrics {
@@ -146,7 +70,6 @@ pub struct RouterMetrics {
     endpoints: IntGaugeVec,
     /// Errors before an arm is chosen.
     pub unassigned: ArmMetrics,
-    shadows: ShadowFamilies,
 }
 
 /// Pre-resolved series of one arm on the router.
@@ -231,38 +154,6 @@ impl RouterMetrics {
             ),
             &["variant", "source"],
         )?;
-        let shadows = ShadowFamilies {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "abgate_shadow_requests_total",
-                    "Requests mirrored to a shadow arm, by what became of them.",
-                ),
-                &["shadow", "result"],
-            )?,
-            difference: HistogramVec::new(
-                HistogramOpts::new(
-                    "abgate_shadow_absolute_difference",
-                    "Absolute difference between a shadow's prediction and the served arm's, per prediction.",
-                )
-                .buckets(DIFFERENCE_BUCKETS.to_vec()),
-                &["shadow"],
-            )?,
-            agreements: IntCounterVec::new(
-                Opts::new(
-                    "abgate_shadow_agreements_total",
-                    "Shadow predictions within (true) or beyond (false) the shadow's tolerance.",
-                ),
-                &["shadow", "agree"],
-            )?,
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "abgate_shadow_duration_seconds",
-                    "Time for a shadow arm to answer a mirrored request, in seconds.",
-                )
-                .buckets(abgate_common::metrics::LATENCY_BUCKETS.to_vec()),
-                &["shadow"],
-            )?,
-        };
         for c in [&reloads] {
             for r in [ReloadResult::Success, ReloadResult::Failure] {
                 c.with_label_values(&[r.as_str()]);
@@ -277,10 +168,6 @@ impl RouterMetrics {
         registry.register(Box::new(mismatched.clone()))?;
         registry.register(Box::new(assignments.clone()))?;
         registry.register(Box::new(endpoints.clone()))?;
-        registry.register(Box::new(shadows.requests.clone()))?;
-        registry.register(Box::new(shadows.difference.clone()))?;
-        registry.register(Box::new(shadows.agreements.clone()))?;
-        registry.register(Box::new(shadows.duration.clone()))?;
         common.set_build_info(ROUTER, "");
         let unassigned = common.arm(UNASSIGNED);
         Ok(RouterMetrics {
@@ -294,21 +181,7 @@ impl RouterMetrics {
             assignments,
             endpoints,
             unassigned,
-            shadows,
         })
-    }
-
-    /// Resolves (and creates at zero) one shadow's series.
-    pub fn shadow(&self, shadow: &str) -> ShadowSeries {
-        let f = &self.shadows;
-        ShadowSeries {
-            requests: ShadowResult::ALL
-                .map(|r| f.requests.with_label_values(&[shadow, r.as_str()])),
-            difference: f.difference.with_label_values(&[shadow]),
-            agree: f.agreements.with_label_values(&[shadow, "true"]),
-            disagree: f.agreements.with_label_values(&[shadow, "false"]),
-            duration: f.duration.with_label_values(&[shadow]),
-        }
     }
 
     /// Resolves one arm's series.

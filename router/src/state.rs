@@ -87,6 +87,8 @@ pub struct Router {
     active: ArcSwap<Active>,
     /// Metric families.
     pub metrics: RouterMetrics,
+    /// The shadow families (registered in the same registry).
+    pub shadow_metrics: crate::shadow::ShadowMetrics,
     health: Mutex<HashMap<(String, String), Arc<ArmHealth>>>,
     reload_status: Mutex<ReloadStatus>,
     /// CPU and memory gauges (`variant="router"`).
@@ -112,6 +114,7 @@ impl Router {
     pub fn new(config: RouterConfig, hash: String) -> Result<Arc<Router>, RouterError> {
         let metrics = RouterMetrics::new()?;
         let experiment = Experiment::new(&metrics.common.registry)?;
+        let shadow_metrics = crate::shadow::ShadowMetrics::new(&metrics.common.registry)?;
         let system = SystemSampler::new(
             metrics.common.cpu_percent.with_label_values(&[ROUTER]),
             metrics.common.memory_percent.with_label_values(&[ROUTER]),
@@ -129,6 +132,7 @@ impl Router {
                 shadows: Vec::new(),
             }),
             metrics,
+            shadow_metrics,
             health: Mutex::new(HashMap::new()),
             reload_status: Mutex::new(ReloadStatus {
                 result: None,
@@ -220,7 +224,7 @@ impl Router {
                 self.metrics.forget_arm(&old.config.name);
             }
         }
-        let shadows = crate::shadow::build(&self.metrics, &previous.shadows, &config);
+        let shadows = crate::shadow::build(&self.shadow_metrics, &previous.shadows, &config);
         self.active.store(Arc::new(Active {
             shadows,
             weights: config.weights(),

@@ -7,6 +7,7 @@
 //! Both transports call [`wanted`] (cheap, pure) and [`mirror`] (after the answer).
 
 pub mod compare;
+mod metrics;
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,10 +16,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{ArmConfig, RouterConfig, ShadowConfig, UpstreamConfig};
-use crate::metrics::{RouterMetrics, ShadowResult, ShadowSeries, Source};
+use crate::metrics::Source;
 use crate::upstream::h1;
 use crate::upstream::relay::{relay, Relay, Sink};
 use crate::upstream::{self, release};
+pub use metrics::{ShadowMetrics, ShadowResult, ShadowSeries};
 
 pub use compare::sampled;
 
@@ -54,7 +56,7 @@ pub struct ActiveShadow {
 
 /// The shadows of `config`, keeping the shared state of those `previous` had.
 pub fn build(
-    metrics: &RouterMetrics,
+    metrics: &ShadowMetrics,
     previous: &[ActiveShadow],
     config: &RouterConfig,
 ) -> Vec<ActiveShadow> {
@@ -73,7 +75,7 @@ pub fn build(
             Some(ActiveShadow {
                 config: s.clone(),
                 of,
-                series: metrics.shadow(&s.name),
+                series: metrics.series(&s.name),
                 stats,
                 settings,
             })
