@@ -5,91 +5,19 @@
 //! every answer; and request heads as large as the router forwards are served, larger
 //! ones refused with a JSON 431.
 
-use abgate_common::client::{HttpClient, Reply};
-use abgate_model_server::ServerConfig;
+mod support;
+use abgate_common::client::Reply;
 use http::Method;
-use prometheus_parse::{Scrape, Value};
-use std::path::{Path, PathBuf};
+use prometheus_parse::Scrape;
 use std::time::Duration;
+use support::{counter, repo, Server, FEATURES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Server {
-    url: String,
-    client: HttpClient,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
 
 impl Server {
-    async fn start(arm: &str) -> Server {
-        let text = format!(
-            "variant = \"{arm}\"\nlisten = \"127.0.0.1:0\"\nmodel_dir = \"{}\"\nbody_limit_bytes = 65536\nmax_batch_size = 64\n",
-            repo().join("models").join(arm).display()
-        );
-        let config =
-            ServerConfig::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = abgate_model_server::run(config, listener, shutdown).await {
-                panic!("server failed: {e}");
-            }
-        });
-        Server {
-            url,
-            client: HttpClient::new(Duration::from_secs(10)),
-            stop: Some(stop),
-            done,
-        }
-    }
-
-    fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        self.client
-            .send(
-                method,
-                &format!("{}{path}", self.url),
-                headers,
-                body.to_string(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let mut all = vec![("content-type", "application/json")];
-        all.extend_from_slice(headers);
-        self.send(Method::POST, path, &all, body).await
-    }
-
     /// A prediction for `FEATURES` (with `headers`); returns its id.
     async fn predict_id(&self, headers: &[(&str, &str)], extra: &str) -> String {
         let r = self
-            .post(
+            .post_with(
                 "/predict",
                 headers,
                 &format!("{{\"features\": {FEATURES}{extra}}}"),
@@ -103,41 +31,16 @@ impl Server {
     }
 
     async fn feedback(&self, headers: &[(&str, &str)], body: &str) -> Reply {
-        self.post("/feedback", headers, body).await
-    }
-
-    async fn scrape(&self) -> Scrape {
-        let text = self.send(Method::GET, "/metrics", &[], "").await.text();
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
+        self.post_with("/feedback", headers, body).await
     }
 }
 
-const FEATURES: &str = r#"{"fixed_acidity": 7.4, "volatile_acidity": 0.7, "citric_acid": 0, "residual_sugar": 1.9, "chlorides": 0.076, "free_sulfur_dioxide": 11, "total_sulfur_dioxide": 34, "density": 0.9978, "ph": 3.51, "sulphates": 0.56, "alcohol": 9.4}"#;
 /// One row in model order (for the Open Inference Protocol).
 const ROW: [f32; 11] = [
     7.4, 0.7, 0.0, 1.9, 0.076, 11.0, 34.0, 0.9978, 3.51, 0.56, 9.4,
 ];
 /// A density the model accepts (finite in f32) but whose standardization overflows.
 const OVERFLOWING_DENSITY: f32 = 1e38;
-
-fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     counter(after, name, labels) - counter(before, name, labels)
@@ -235,13 +138,13 @@ fn predict_request(extra: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn prediction_ids_are_the_arm_and_128_random_bits() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(server.predict_id(&[], "").await);
     }
     let batch = server
-        .post(
+        .post_with(
             "/predict",
             &[],
             &format!("{{\"instances\": [{FEATURES}, {FEATURES}, {FEATURES}]}}"),
@@ -292,7 +195,7 @@ async fn prediction_ids_are_the_arm_and_128_random_bits() {
 
 #[tokio::test]
 async fn each_kind_of_feedback_is_taken_once_per_prediction() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let first = server.predict_id(&[], "").await;
     let second = server.predict_id(&[], "").await;
     let before = server.scrape().await;
@@ -379,7 +282,7 @@ async fn each_kind_of_feedback_is_taken_once_per_prediction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_feedback_sent_at_once_is_taken_exactly_once() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     for _ in 0..5 {
         let id = server.predict_id(&[], "").await;
         let body = format!(
@@ -409,7 +312,7 @@ async fn identical_feedback_sent_at_once_is_taken_exactly_once() {
 
 #[tokio::test]
 async fn feedback_on_a_users_prediction_is_taken_only_from_that_user() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let alice = server.predict_id(&[("x-user-id", "alice")], "").await;
     let by_number = server.predict_id(&[], ", \"user_id\": 42").await;
     let anonymous = server.predict_id(&[], "").await;
@@ -561,7 +464,7 @@ async fn feedback_on_a_users_prediction_is_taken_only_from_that_user() {
 
 #[tokio::test]
 async fn an_actual_outside_the_models_label_range_is_refused() {
-    let server = Server::start("candidate_model").await;
+    let server = Server::start("candidate_model", "").await;
     let id = server.predict_id(&[], "").await;
     let before = server.scrape().await;
     for actual in ["10", "1e30", "-1", "1.99", "9.01", "-1e300"] {
@@ -613,17 +516,17 @@ async fn a_prediction_that_is_not_finite_is_an_internal_error_never_null() {
     let out = model.predict(row.clone(), 1).unwrap_or_default();
     assert!(out.iter().all(|p| !p.is_finite()), "{out:?}");
 
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let bad = FEATURES.replace(
         "\"density\": 0.9978",
         &format!("\"density\": {OVERFLOWING_DENSITY:e}"),
     );
     let before = server.scrape().await;
     let single = server
-        .post("/predict", &[], &format!("{{\"features\": {bad}}}"))
+        .post_with("/predict", &[], &format!("{{\"features\": {bad}}}"))
         .await;
     let batch = server
-        .post(
+        .post_with(
             "/predict",
             &[],
             &format!("{{\"instances\": [{FEATURES}, {bad}]}}"),
@@ -666,7 +569,7 @@ async fn a_prediction_that_is_not_finite_is_an_internal_error_never_null() {
 
 #[tokio::test]
 async fn x_request_id_is_echoed_on_every_answer() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let id = "req-0123_abc.XYZ:42";
     let oversized = format!(
         "{{\"features\": {FEATURES}, \"user_id\": \"{}\"}}",
@@ -730,7 +633,7 @@ async fn x_request_id_is_echoed_on_every_answer() {
 
 #[tokio::test]
 async fn heads_as_large_as_the_router_forwards_are_served() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     // 100 client header lines, plus the router's host, x-request-id and length.
     let mut many = Vec::new();
     for i in 0..100 {
@@ -747,7 +650,7 @@ async fn heads_as_large_as_the_router_forwards_are_served() {
 
 #[tokio::test]
 async fn a_head_over_the_limits_gets_a_json_431_and_is_counted() {
-    let server = Server::start("best_model").await;
+    let server = Server::start("best_model", "").await;
     let before = server.scrape().await;
     let lines = |n: usize| -> Vec<u8> {
         (0..n)

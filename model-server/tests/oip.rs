@@ -7,78 +7,17 @@
 //! KServe SDK's REST client); they are `#[ignore]`d for plain `cargo test` and fail,
 //! rather than skip, when the client is missing (`.ci/run` installs them).
 
-use abgate_common::client::{HttpClient, Reply};
-use abgate_model_server::ServerConfig;
+mod support;
+use abgate_common::client::Reply;
 use http::Method;
-use prometheus_parse::{Scrape, Value};
+use prometheus_parse::Value;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use std::path::Path;
+use support::{counter, repo, Server};
 
 const MODEL: &str = "wine-quality";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Server {
-    url: String,
-    client: HttpClient,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
 impl Server {
-    async fn start(arm: &str, extra: &str) -> Server {
-        let text = format!(
-            "variant = \"{arm}\"\nlisten = \"127.0.0.1:0\"\nmodel_dir = \"{}\"\nbody_limit_bytes = 65536\nmax_batch_size = 64\n{extra}",
-            repo().join("models").join(arm).display()
-        );
-        let config =
-            ServerConfig::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = abgate_model_server::run(config, listener, shutdown).await {
-                panic!("server failed: {e}");
-            }
-        });
-        Server {
-            url,
-            client: HttpClient::new(Duration::from_secs(10)),
-            stop: Some(stop),
-            done,
-        }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<bytes::Bytes>,
-    ) -> Reply {
-        self.client
-            .send(method, &format!("{}{path}", self.url), headers, body)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, &[], bytes::Bytes::new()).await
-    }
-
     async fn post_json(&self, path: &str, body: &serde_json::Value) -> Reply {
         self.send(
             Method::POST,
@@ -117,30 +56,6 @@ impl Server {
         )
         .await
     }
-
-    async fn scrape(&self) -> Scrape {
-        let text = self.get("/metrics").await.text();
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
-    }
-}
-
-fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// The model's features, in the CSV's (and the model's) column order.

@@ -1,121 +1,13 @@
 //! The real model server, started in-process on port 0 with a shipped model, exercised
 //! over HTTP on every route and every class of bad input.
 
-use abgate_common::client::{HttpClient, Reply};
-use abgate_model_server::ServerConfig;
+mod support;
 use http::Method;
 use prometheus_parse::{Scrape, Value};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use support::{counter, Server, FEATURES};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Server {
-    url: String,
-    client: HttpClient,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn start(arm: &str, extra: &str) -> Server {
-        let text = format!(
-            "variant = \"{arm}\"\nlisten = \"127.0.0.1:0\"\nmodel_dir = \"{}\"\nbody_limit_bytes = 65536\nmax_batch_size = 64\n{extra}",
-            repo().join("models").join(arm).display()
-        );
-        let config =
-            ServerConfig::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        Self::start_with(config).await
-    }
-
-    async fn start_with(config: ServerConfig) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = abgate_model_server::run(config, listener, shutdown).await {
-                panic!("server failed: {e}");
-            }
-        });
-        Server {
-            url,
-            client: HttpClient::new(Duration::from_secs(10)),
-            stop: Some(stop),
-            done,
-        }
-    }
-
-    async fn post(&self, path: &str, body: &str) -> Reply {
-        self.client
-            .post_json(&format!("{}{path}", self.url), &[], body.to_string())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        self.client
-            .send(
-                method,
-                &format!("{}{path}", self.url),
-                headers,
-                body.to_string(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.client
-            .get(&format!("{}{path}", self.url))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn scrape(&self) -> Scrape {
-        let text = self.get("/metrics").await.text();
-        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
-    }
-}
-
-const FEATURES: &str = r#"{"fixed_acidity": 7.4, "volatile_acidity": 0.7, "citric_acid": 0, "residual_sugar": 1.9, "chlorides": 0.076, "free_sulfur_dioxide": 11, "total_sulfur_dioxide": 34, "density": 0.9978, "ph": 3.51, "sulphates": 0.56, "alcohol": 9.4}"#;
 const FEATURES_2: &str = r#"{"fixed_acidity": 11.2, "volatile_acidity": 0.28, "citric_acid": 0.56, "residual_sugar": 1.9, "chlorides": 0.075, "free_sulfur_dioxide": 17, "total_sulfur_dioxide": 60, "density": 0.998, "ph": 3.16, "sulphates": 0.58, "alcohol": 12.8}"#;
-
-fn counter(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 #[tokio::test]
 async fn a_single_prediction_returns_a_quality_score_with_its_arm_and_id() {
@@ -616,12 +508,7 @@ async fn shutdown_lets_an_in_flight_request_finish() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let Server {
-        stop, done, url, ..
-    } = server;
-    if let Some(stop) = stop {
-        let _ = stop.send(());
-    }
+    let (url, done) = server.begin_stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // New connections are refused once shutdown began.
     assert!(
