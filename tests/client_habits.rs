@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Like `urllib.request.urlopen` with a 4 MiB body: writes the head and the whole
 /// body, and only then reads. Returns the status and the body of the answer.
@@ -78,13 +78,7 @@ async fn a_client_that_sends_its_whole_body_before_reading_reads_the_413_from_an
 
 /// An arm that answers every `/predict` with a body of `size` bytes.
 async fn big_answer_arm(size: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = format!(
-        "http://{}",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
+    let (listener, url) = listen().await;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What a scripted arm does with the n-th `/predict` it receives on a connection.
 #[derive(Clone, Copy)]
@@ -40,13 +40,7 @@ const ANSWER: &str = r#"{"variant":"scripted","quality":5.5}"#;
 
 impl ScriptedArm {
     async fn start(script: Script) -> ScriptedArm {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let (listener, url) = listen().await;
         let heads = Arc::new(Mutex::new(Vec::new()));
         let predict_connections = Arc::new(Mutex::new(0));
         let idle_closes = Arc::new(Mutex::new(0));

@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Writes `request` on a new connection and reads the whole answer (the request says
 /// `Connection: close`): status and raw text.
@@ -325,13 +325,7 @@ async fn control_routes_answer_while_every_data_plane_slot_is_held() {
 
 /// A raw arm whose `/predict` answer is `size` bytes of JSON.
 async fn large_answer_arm(size: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = format!(
-        "http://{}",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
+    let (listener, url) = listen().await;
     let padding = "x".repeat(size.saturating_sub(40));
     let body = format!("{{\"prediction\": 5.0, \"pad\": \"{padding}\"}}");
     tokio::spawn(async move {

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// How the arm answers the first user (`alice`); every other user gets a plain answer.
 #[derive(Clone, Copy, Debug)]
@@ -198,13 +198,7 @@ fn request_id_of(head: &[u8]) -> Option<String> {
 /// answer, except alice's, which it answers per `m`. With `echo`, it echoes every
 /// request's `X-Request-Id` (as abgate's model server does).
 async fn scripted_arm(m: Misbehaviour, echo: bool) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = format!(
-        "http://{}",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
+    let (listener, url) = listen().await;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -497,13 +491,7 @@ async fn an_arm_that_echoes_request_ids_never_hands_a_hyper_path_user_another_an
 
 /// An arm whose error answer is large and carries headers the router sets itself.
 async fn big_error_arm() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = format!(
-        "http://{}",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
+    let (listener, url) = listen().await;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {

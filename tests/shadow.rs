@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// The contract's sampling rule, computed independently of the router.
 fn sampled(key: &str, sample: f64) -> bool {
@@ -263,13 +262,7 @@ enum Misbehaviour {
 
 impl BadShadow {
     async fn start(how: Misbehaviour) -> BadShadow {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let (listener, url) = listen().await;
         let first_head = Arc::new(Mutex::new(None));
         let seen = Arc::clone(&first_head);
         tokio::spawn(async move {

@@ -154,6 +154,18 @@ impl Drop for ArmProcess {
     }
 }
 
+/// A listener on a free loopback port, and its `http://` URL.
+pub async fn listen() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    (listener, url)
+}
+
 /// Router config text for `arms` (name, url, weight) with test-friendly timings.
 ///
 /// Health checks run every 200 ms and one failed check marks an arm down, so a killed
@@ -202,13 +214,7 @@ impl RouterHandle {
         let config = RouterConfig::load(&file).unwrap_or_else(|e| panic!("{e}"));
         let router = Router::new(config, abgate_router::state::config_hash(text))
             .unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let (listener, url) = listen().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let served = Arc::clone(&router);
         let done = tokio::spawn(async move {
@@ -320,13 +326,7 @@ pub struct StubArm {
 
 impl StubArm {
     pub async fn start(delay: Duration, status: StatusCode) -> StubArm {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let (listener, url) = listen().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let received = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&received);
