@@ -2,8 +2,9 @@
 //! equals the MAE of the arms' own answers on wine rows, a candidate failing 5% of
 //! requests is `worse` and rolled back by its guardrail (file, audit line, new phase,
 //! traffic moved, no failures after the trip), killing the candidate with failover
-//! on drives the SRM alarm while a healthy run has none, and `abgate report` prints
-//! both arms and exits by the rule.
+//! on shows as the candidate's crossover (its users are still assigned to it: no SRM
+//! alarm) while a healthy run has neither, and `abgate report` prints both arms and
+//! exits by the rule.
 
 mod support;
 
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// A stub arm answering `/predict` 200, except every `fail_every`-th request (counted
@@ -35,13 +35,7 @@ struct FlakyArm {
 
 impl FlakyArm {
     async fn start(name: &'static str, fail_every: u64) -> FlakyArm {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
+        let (listener, url) = listen().await;
         let served = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = oneshot::channel::<()>();
         let counter = Arc::clone(&served);
@@ -535,7 +529,7 @@ async fn a_healthy_split_has_no_srm_alarm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_candidate_with_failover_on_drives_the_srm_alarm() {
+async fn killing_the_candidate_with_failover_on_shows_as_crossover_not_as_srm() {
     let (best, mut candidate) = tokio::join!(
         ArmProcess::start("best_model"),
         ArmProcess::start("candidate_model")
@@ -548,25 +542,56 @@ async fn killing_the_candidate_with_failover_on_drives_the_srm_alarm() {
     let c = client();
     let results = users(&router.url, 0, 1000, 4).await;
     assert!(results.iter().all(|r| r.0 == 200));
-    assert_eq!(experiment(&c, &router.url).await["srm"]["alarm"], false);
+    let view = experiment(&c, &router.url).await;
+    assert_eq!(view["srm"]["alarm"], false);
+    assert_eq!(arm(&view, "candidate_model")["crossover"]["n"], 0);
     candidate.kill();
     let results = users(&router.url, 1000, 3000, 4).await;
     let ok = results.iter().filter(|r| r.0 == 200).count();
     assert_eq!(ok, results.len(), "failover should serve every request");
+    let served_by_best = results.iter().filter(|r| r.1 == "best_model").count();
+    assert_eq!(served_by_best, results.len());
     let view = experiment(&c, &router.url).await;
     let srm = &view["srm"];
     eprintln!("after the kill: {srm}");
-    assert_eq!(srm["alarm"], true, "{srm}");
-    assert!(srm["p_value"].as_f64().unwrap_or(1.0) < 0.001);
-    assert!(srm["chi2_p_value"].as_f64().unwrap_or(1.0) < 0.001);
+    // By assigned users the split is intact: the hash still gives the candidate half
+    // of the users; that another arm served them is the candidate's crossover.
+    assert_eq!(srm["alarm"], false, "{srm}");
+    let observed: Vec<u64> = srm["observed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert_eq!(observed.iter().sum::<u64>(), 3000, "{srm}");
+    let candidate_view = arm(&view, "candidate_model");
+    let requests = candidate_view["requests"]["n"].as_u64().unwrap_or(0);
+    let crossed = candidate_view["crossover"]["n"].as_u64().unwrap_or(0);
+    // Half of 3000 users are the candidate's; the ~1000 of them after the kill were
+    // all served by best_model.
+    assert!((1300..1700).contains(&requests), "{candidate_view}");
+    assert!((800..1200).contains(&crossed), "{candidate_view}");
+    let share = candidate_view["crossover"]["share"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "candidate: {requests} requests of its users, {crossed} served by best_model ({share:.3})"
+    );
+    assert!(share > 0.5, "{candidate_view}");
+    assert_eq!(arm(&view, "best_model")["crossover"]["n"], 0);
     // The phase is unchanged: failover is not a config change.
     assert_eq!(view["phase"], 1);
     let metrics = router.metrics(&c).await;
-    assert!(metric(&metrics, "abgate_srm_p_value", &[]) < 0.001);
-    // `abgate report` exits 3 on an SRM alarm.
+    assert!(metric(&metrics, "abgate_srm_p_value", &[]) > 0.001);
+    let gauge = metric(
+        &metrics,
+        "abgate_experiment_crossover_share",
+        &[("variant", "candidate_model")],
+    );
+    assert!((gauge - share).abs() < 1e-9, "{gauge}");
+    // `abgate report` exits 3 on a high crossover.
     let (code, text) = report(&router.url, "text");
     assert_eq!(code, 3, "{text}");
-    assert!(text.contains("SRM: ALARM"), "{text}");
+    assert!(
+        text.contains("SRM: ok") && text.contains("crossover"),
+        "{text}"
+    );
     drop(best);
     router.stop().await;
 }

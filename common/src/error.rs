@@ -57,11 +57,18 @@ pub enum ErrorKind {
     DuplicateFeedback,
     /// Feedback on a prediction made for a user, sent by someone else.
     FeedbackForbidden,
+    /// A control route without a valid `Authorization: Bearer` admin token.
+    Unauthorized,
+    /// A control route while no admin token is configured (the routes are off).
+    AdminForbidden,
+    /// A control request the current state does not allow (e.g. resuming a finished
+    /// rollout).
+    Conflict,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (used to pre-create metric series).
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 25] = [
         ErrorKind::InvalidJson,
         ErrorKind::InvalidInput,
         ErrorKind::MissingFeature,
@@ -84,6 +91,9 @@ impl ErrorKind {
         ErrorKind::UnknownPrediction,
         ErrorKind::DuplicateFeedback,
         ErrorKind::FeedbackForbidden,
+        ErrorKind::Unauthorized,
+        ErrorKind::AdminForbidden,
+        ErrorKind::Conflict,
     ];
 
     /// The JSON `type` and the `error_type` label value.
@@ -111,6 +121,9 @@ impl ErrorKind {
             ErrorKind::UnknownPrediction => "unknown_prediction",
             ErrorKind::DuplicateFeedback => "duplicate_feedback",
             ErrorKind::FeedbackForbidden => "feedback_forbidden",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::AdminForbidden => "admin_forbidden",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
@@ -124,9 +137,12 @@ impl ErrorKind {
             | ErrorKind::InvalidBatch
             | ErrorKind::UnknownVariant
             | ErrorKind::MalformedRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::OverrideForbidden | ErrorKind::FeedbackForbidden => StatusCode::FORBIDDEN,
+            ErrorKind::OverrideForbidden
+            | ErrorKind::FeedbackForbidden
+            | ErrorKind::AdminForbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::NotFound | ErrorKind::UnknownPrediction => StatusCode::NOT_FOUND,
-            ErrorKind::DuplicateFeedback => StatusCode::CONFLICT,
+            ErrorKind::DuplicateFeedback | ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

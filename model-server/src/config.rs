@@ -111,7 +111,7 @@ pub struct ServerConfig {
     pub inline_rows: usize,
     /// Predictions remembered for their feedback (the user each was made for, what
     /// it already received, the value an `actual` is compared with); feedback on an
-    /// older one is refused with 404 `unknown_prediction`. About 80 bytes each.
+    /// older one is refused with 404 `unknown_prediction`. About 96 bytes each.
     pub recent_predictions: usize,
     /// A request body must arrive within this time.
     pub body_timeout: Duration,

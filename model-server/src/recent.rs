@@ -7,10 +7,13 @@
 //!
 //! The last `capacity` predictions are remembered, each with its predicted value, a
 //! keyed 128-bit digest of the user key it was made for (SipHash-1-3 under two random
-//! per-process keys, so a long key costs no more memory than a short one), and which
-//! feedback it has received. A map from id to entry and a ring of ids in arrival order
+//! per-process keys, so a long key costs no more memory than a short one), when it was
+//! made (unix time), whether its request named an arm with `X-Variant` (an override),
+//! and which feedback it has received. The feedback answer reports these ([`Made`]),
+//! so the router counts feedback in the experiment phase of its prediction, for the
+//! arm its user was assigned. A map from id to entry and a ring of ids in arrival order
 //! (the oldest is forgotten when a new one arrives at capacity) hold them, both
-//! allocated for `capacity` up front: about 80 bytes per prediction (~8 MB at the
+//! allocated for `capacity` up front: about 96 bytes per prediction (~10 MB at the
 //! default 100,000), however long the server runs and whatever requests arrive.
 //! Both live under one mutex, so a feedback's checks and the flags it sets are one
 //! step: of two identical feedbacks sent at once, exactly one is taken.
@@ -78,8 +81,20 @@ pub enum Claim {
     Accepted(f32),
 }
 
+/// What the store knows of an accepted feedback's prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Made {
+    /// Unix time the prediction was made.
+    pub predicted_at: f64,
+    /// Whether it was made for a user (then the feedback came from that user).
+    pub for_user: bool,
+    /// Whether its request named an arm with `X-Variant`.
+    pub overridden: bool,
+}
+
 struct Entry {
     value: f32,
+    made: Made,
     /// Digest of the user key, `None` for an anonymous prediction.
     user: Option<[u64; 2]>,
     /// [`Slot::bit`]s received.
@@ -127,6 +142,24 @@ impl RecentPredictions {
     /// Records `values`, predicted for `user` (`None`: anonymous), and returns one
     /// new id per value.
     pub fn record(&self, values: &[f32], user: Option<&[u8]>) -> Vec<String> {
+        self.record_request(values, user, false)
+    }
+
+    /// [`RecentPredictions::record`] for a request that did (`overridden`) or did not
+    /// name its arm with `X-Variant`.
+    pub fn record_request(
+        &self,
+        values: &[f32],
+        user: Option<&[u8]>,
+        overridden: bool,
+    ) -> Vec<String> {
+        let made = Made {
+            predicted_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            for_user: user.is_some(),
+            overridden,
+        };
         let user = user.map(|u| self.digest(u));
         let mut rng = rand::rng();
         let bits: Vec<u128> = values.iter().map(|_| rng.random()).collect();
@@ -143,6 +176,7 @@ impl RecentPredictions {
                     id,
                     Entry {
                         value,
+                        made,
                         user,
                         received: 0,
                     },
@@ -158,29 +192,40 @@ impl RecentPredictions {
     /// prediction is unknown, was made for another user (checked first), or already
     /// received one of `slots` (then nothing is set).
     pub fn claim(&self, prediction_id: &str, user: Option<&[u8]>, slots: &[Slot]) -> Claim {
+        self.claim_made(prediction_id, user, slots).0
+    }
+
+    /// [`RecentPredictions::claim`], with what is known of the prediction when the
+    /// feedback is accepted.
+    pub fn claim_made(
+        &self,
+        prediction_id: &str,
+        user: Option<&[u8]>,
+        slots: &[Slot],
+    ) -> (Claim, Option<Made>) {
         let Some((owner, bits)) = parse_prediction_id(prediction_id) else {
-            return Claim::Foreign;
+            return (Claim::Foreign, None);
         };
         if owner != self.variant {
-            return Claim::Foreign;
+            return (Claim::Foreign, None);
         }
         let sender = user.map(|u| self.digest(u));
         let Ok(mut store) = self.store.lock() else {
-            return Claim::Unknown;
+            return (Claim::Unknown, None);
         };
         let Some(entry) = store.entries.get_mut(&bits) else {
-            return Claim::Unknown;
+            return (Claim::Unknown, None);
         };
         if entry.user.is_some() && entry.user != sender {
-            return Claim::Forbidden;
+            return (Claim::Forbidden, None);
         }
         if let Some(&taken) = slots.iter().find(|s| entry.received & s.bit() != 0) {
-            return Claim::Duplicate(taken);
+            return (Claim::Duplicate(taken), None);
         }
         for s in slots {
             entry.received |= s.bit();
         }
-        Claim::Accepted(entry.value)
+        (Claim::Accepted(entry.value), Some(entry.made))
     }
 
     /// How many predictions are remembered now (at most the capacity).
@@ -236,6 +281,31 @@ mod tests {
         let mut sorted: Vec<u128> = bits.into_iter().collect();
         sorted.sort_unstable();
         assert!(sorted.windows(2).all(|w| w[1] - w[0] > 1 << 64));
+    }
+
+    #[test]
+    fn an_accepted_feedback_tells_when_and_for_whom_its_prediction_was_made() {
+        let r = RecentPredictions::new("a", 8);
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mine = r.record_request(&[1.0], Some(b"u1"), false);
+        let forced = r.record_request(&[2.0], Some(b"u1"), true);
+        let anonymous = r.record(&[3.0], None);
+        let (claim, made) = r.claim_made(&mine[0], Some(b"u1"), RATING);
+        assert_eq!(claim, Claim::Accepted(1.0));
+        let made = made.unwrap_or_else(|| unreachable!());
+        assert!(made.for_user && !made.overridden);
+        assert!(made.predicted_at >= before && made.predicted_at < before + 60.0);
+        let (_, made) = r.claim_made(&forced[0], Some(b"u1"), RATING);
+        assert!(made.is_some_and(|m| m.overridden));
+        let (_, made) = r.claim_made(&anonymous[0], Some(b"u2"), RATING);
+        assert!(made.is_some_and(|m| !m.for_user));
+        // Refused feedback tells nothing.
+        assert_eq!(
+            r.claim_made(&mine[0], Some(b"u2"), JUDGEMENT),
+            (Claim::Forbidden, None)
+        );
     }
 
     #[test]

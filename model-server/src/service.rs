@@ -188,6 +188,8 @@ async fn predict_inner(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let header_user = header_user(req.headers());
+    // The router passes a client's `X-Variant` on: the arm was forced, not assigned.
+    let overridden = req.headers().contains_key(crate::headers::X_VARIANT);
     let body = json_body(state, req).await?;
     let rows = state
         .schema
@@ -197,7 +199,9 @@ async fn predict_inner(
     let user = header_user.or(rows.user_id);
     let out = state.inference.predict(rows.values, count).await?;
     state.rows.inc_by(count as u64);
-    let ids = state.recent.record(&out, user.as_deref());
+    let ids = state
+        .recent
+        .record_request(&out, user.as_deref(), overridden);
     let variant = state.config.variant.as_str();
     let model_version = state.model.spec().version.as_str();
     Ok(if batch {
@@ -239,6 +243,16 @@ struct FeedbackAck<'a> {
     /// clients that read it).
     matched: bool,
     absolute_error: Option<f64>,
+    /// Unix time the prediction was made (the router counts the feedback only in the
+    /// experiment phase of its prediction).
+    predicted_at: f64,
+    /// The prediction's user key, when it was made for one (the feedback came from
+    /// that user) and the key is UTF-8: the router's intention-to-treat arm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    /// Whether the prediction's request named its arm with `X-Variant` (an override,
+    /// outside the experiment's comparisons).
+    overridden: bool,
 }
 
 /// `/feedback`: checks the body and `actual` against the label range (400), that the
@@ -262,7 +276,10 @@ async fn feedback(
     if fb.actual.is_some() {
         slots.push(Slot::Actual);
     }
-    let predicted = match state.recent.claim(&fb.prediction_id, user.as_deref(), &slots) {
+    let (claim, made) = state
+        .recent
+        .claim_made(&fb.prediction_id, user.as_deref(), &slots);
+    let predicted = match claim {
         Claim::Accepted(p) => p,
         Claim::Foreign => {
             let owner = variant_of(&fb.prediction_id).unwrap_or("");
@@ -319,6 +336,12 @@ async fn feedback(
             matched: true,
             prediction_id: fb.prediction_id,
             absolute_error,
+            predicted_at: made.map_or(0.0, |m| m.predicted_at),
+            user_id: made
+                .filter(|m| m.for_user)
+                .and(user)
+                .and_then(|u| String::from_utf8(u).ok()),
+            overridden: made.is_some_and(|m| m.overridden),
         },
     ))
 }

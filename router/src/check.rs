@@ -101,6 +101,9 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
             shadow.url
         );
     }
+    if let Some(plan) = rollout_plan(&config) {
+        out.push_str(&plan);
+    }
     if let Some(active_path) = active {
         let old = RouterConfig::load(active_path)?;
         let moves = moves(&old, &config);
@@ -133,6 +136,85 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
     Ok(out)
 }
 
+/// The planned steps of `[rollout]`, with who moves at each (the hash rule: the
+/// candidate's interval only grows, so its users never leave it).
+fn rollout_plan(config: &RouterConfig) -> Option<String> {
+    let r = config.rollout.as_ref()?;
+    let index = config.arm_index(&r.arm)?;
+    let mut out = String::new();
+    let steps: Vec<String> = r.steps.iter().map(|p| format!("{p}%")).collect();
+    let _ = writeln!(
+        out,
+        "rollout of {}: steps {}; each step holds at least {} s and {} candidate users; then {}",
+        r.arm,
+        steps.join(" -> "),
+        r.min_step.as_secs(),
+        r.min_users_per_step,
+        match r.on_complete {
+            crate::config::OnComplete::Promote => "promote (the candidate takes every user)",
+            crate::config::OnComplete::Hold => "hold the last step",
+        }
+    );
+    let gates = r.gate_configs(&config.guardrails);
+    if gates.is_empty() {
+        let _ = writeln!(
+            out,
+            "  warning: no gates: the ramp advances on time, users and SRM alone"
+        );
+    }
+    for g in gates {
+        let _ = writeln!(
+            out,
+            "  gate {:<16} {} shown not worse than {}{} (non-inferiority); worse beyond it rolls back",
+            g.name,
+            g.metric,
+            if g.metric.higher_is_better() { "-" } else { "+" },
+            g.max_degradation
+        );
+    }
+    if !config.analysis.statistics {
+        let _ = writeln!(
+            out,
+            "  warning: experiment.statistics is off: no step can be shown not worse"
+        );
+    }
+    let mut previous = config.clone();
+    let mut plan: Vec<f64> = r.steps.clone();
+    if r.on_complete == crate::config::OnComplete::Promote && plan.last() != Some(&100.0) {
+        plan.push(100.0);
+    }
+    for (i, percent) in plan.iter().enumerate() {
+        let mut next = previous.clone();
+        let weights = crate::config::step_weights(&previous.weights(), index, *percent);
+        for (arm, w) in next.arms.iter_mut().zip(weights) {
+            arm.weight = w;
+        }
+        let moved = moves(&previous, &next);
+        let label = if i < r.steps.len() {
+            format!("step {}", i + 1)
+        } else {
+            "promote".to_string()
+        };
+        let who: Vec<String> = moved
+            .iter()
+            .map(|m| format!("{:.3}% {} -> {}", m.share * 100.0, m.from, m.to))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {label:<8} {:>7.3}% of users on {}; moving: {}",
+            percent,
+            r.arm,
+            if who.is_empty() {
+                "nobody".to_string()
+            } else {
+                who.join(", ")
+            }
+        );
+        previous = next;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +228,24 @@ mod tests {
             ));
         }
         RouterConfig::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_rollout_plan_lists_each_step_and_only_moves_users_to_the_candidate() {
+        let mut text = "listen = \"127.0.0.1:8080\"\n[experiment]\nsalt = \"s\"\n[[arms]]\nname = \"best_model\"\nurl = \"http://127.0.0.1:6001\"\nweight = 100\n[[arms]]\nname = \"candidate_model\"\nurl = \"http://127.0.0.1:6002\"\nweight = 0\n".to_string();
+        text.push_str("[[guardrails]]\nname = \"errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.01\naction = \"rollback\"\n[rollout]\narm = \"candidate_model\"\nsteps = [1, 5, 25, 50, 100]\nmin_step_seconds = 60\n");
+        let c = RouterConfig::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let plan = rollout_plan(&c).unwrap_or_default();
+        assert!(
+            plan.contains("steps 1% -> 5% -> 25% -> 50% -> 100%"),
+            "{plan}"
+        );
+        assert!(plan.contains("gate errors"), "{plan}");
+        assert!(plan.contains("step 1     1.000% of users on candidate_model; moving: 1.000% best_model -> candidate_model"), "{plan}");
+        assert!(plan.contains("step 3    25.000% of users on candidate_model; moving: 20.000% best_model -> candidate_model"), "{plan}");
+        assert!(plan.contains("step 5   100.000% of users on candidate_model; moving: 50.000% best_model -> candidate_model"), "{plan}");
+        assert!(!plan.contains("candidate_model -> "), "{plan}");
+        assert!(!plan.contains("promote  "), "{plan}");
     }
 
     #[test]

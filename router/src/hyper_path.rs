@@ -232,7 +232,14 @@ pub(crate) async fn predict(
 ) -> Response<RouterBody> {
     let (parts, body) = req.into_parts();
     let limit = active.config.body_limit_bytes;
-    let body = match read_body(&parts.headers, body, limit, active.config.body_timeout).await {
+    let body = match read_body(
+        &parts.headers,
+        body,
+        limit,
+        active.config.client.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return reject_unassigned_on(router, &e, endpoint),
     };
@@ -287,7 +294,14 @@ pub(crate) async fn feedback(
 ) -> Response<RouterBody> {
     let (parts, body) = req.into_parts();
     let limit = active.config.body_limit_bytes;
-    let body = match read_body(&parts.headers, body, limit, active.config.body_timeout).await {
+    let body = match read_body(
+        &parts.headers,
+        body,
+        limit,
+        active.config.client.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return reject_unassigned(router, &e),
     };

@@ -15,14 +15,15 @@
 //! 4. **Policy and control** — `policy`: pure decisions (assignment source, override,
 //!    failover, the retry's arm, feedback's arm, what is recorded, the router's
 //!    headers); `control`: the only code that changes the live router after start-up
-//!    (guardrail rollbacks), beside `reload` (file changes, SIGHUP) and `checker`
-//!    (active health checks).
+//!    (guardrail rollbacks; the progressive rollout's decisions, `control::rollout`),
+//!    beside `reload` (file changes, SIGHUP) and `checker` (active health checks).
 //! 5. **State** — [`state`]: the version in force (swapped atomically) and what
 //!    outlives reloads.
 //! 6. **Features**, each taking its own parts, never the router: `shadow` (mirrored
 //!    copies, compared), [`upstream`] (the one HTTP/1.1 client: strict framing in
 //!    [`upstream::h1`], relay, the per-thread `pool`), `experiment` (per-phase
-//!    statistics, SRM, comparisons; the record of a trip), `endpoint` and `health`
+//!    statistics, SRM, comparisons; the record of a trip), `rollout` (the
+//!    progressive rollout's state, its state file and gauges), `endpoint` and `health`
 //!    (an arm's addresses and their health).
 //! 7. **Config and metrics** — [`config`] (raw file → validated, with key paths; the
 //!    one file writer in `config::edit`), `metrics` (the router's families).
@@ -57,6 +58,7 @@ pub mod assignment;
 pub mod check;
 mod checker;
 mod clock;
+mod cluster;
 pub mod config;
 mod control;
 mod endpoint;
@@ -73,6 +75,7 @@ mod policy;
 mod pool;
 mod reload;
 pub mod report;
+mod rollout;
 mod service;
 mod shadow;
 pub mod state;
@@ -109,7 +112,7 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
         tokio::spawn(checker::run_checks(Arc::clone(&router))),
         tokio::spawn(checker::run_resolver(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
-        tokio::spawn(control::guardrails::run(Arc::clone(&router))),
+        tokio::spawn(control::run(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),
     ];
     let active = router.active();
@@ -119,10 +122,10 @@ pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Fu
         "router listening"
     );
     let options = abgate_common::http::ServeOptions {
-        header_read_timeout: active.config.header_timeout,
+        header_read_timeout: active.config.client.header_timeout,
         shutdown_grace: active.config.shutdown_grace,
-        send_timeout: active.config.send_timeout,
-        linger: active.config.linger,
+        send_timeout: active.config.client.send_timeout,
+        linger: active.config.client.linger,
         ..Default::default()
     };
     drop(active);

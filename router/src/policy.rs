@@ -63,21 +63,6 @@ pub fn assign_key(active: &Active, key: Option<&[u8]>) -> Assignment {
     }
 }
 
-/// The assignment of a request: an `X-Variant` override when allowed, else the
-/// sticky key (`X-User-Id`, else the body's `user_id`), else anonymous.
-pub fn assign(active: &Active, headers: &HeaderMap, body: &[u8]) -> Result<Assignment, ApiError> {
-    if let Some(arm) = override_arm(active, headers)? {
-        return Ok(Assignment {
-            arm,
-            source: Source::Override,
-            position: 0.0,
-            user: None,
-            endpoint: Endpoint::Predict,
-        });
-    }
-    Ok(assign_key(active, user_key(headers, body).as_deref()))
-}
-
 /// The sticky key: `X-User-Id` (its raw bytes, UTF-8 or not), else the body's
 /// `user_id` (string, or a number as its decimal text).
 pub fn user_key(headers: &HeaderMap, body: &[u8]) -> Option<Vec<u8>> {
@@ -329,9 +314,12 @@ pub enum Answer {
     Router(ErrorKind),
 }
 
-/// Records one prediction as the client sees it, on the arm that served (or the
-/// assigned arm when none could): the count, the error kind, the latency, and in the
-/// experiment's phase the status (5xx is an error), the latency and the sticky user.
+/// Records one prediction as the client sees it: in the Prometheus families on the arm
+/// that served (or the assigned arm when none could) the count, the error kind and the
+/// latency; in the experiment's phase, for a sticky user only, the status (5xx is an
+/// error) and the latency under the arm the hash *assigned* (intention to treat), and
+/// whether another arm served it (crossover). Overrides and anonymous requests are
+/// outside the comparisons and SRM (the phase counts them as `excluded`).
 pub fn record_prediction(
     _router: &Router,
     active: &Active,
@@ -366,7 +354,7 @@ pub fn record_prediction(
         let user = assigned.user.filter(|_| assigned.source == Source::Sticky);
         active
             .phase
-            .record_response(arm, user, status.as_u16(), elapsed);
+            .record_response(assigned.arm, serving, user, status.as_u16(), elapsed);
     }
 }
 
@@ -387,11 +375,18 @@ pub fn record_unassigned(router: &Router, kind: ErrorKind) {
 }
 
 /// Records one feedback request forwarded to `target`, as the arm answered it
-/// (`body` is the client's feedback, `reply` the arm's answer): the count, and in the
-/// experiment's phase the type, the rating and the arm's `absolute_error` (present
-/// when the feedback had `actual`).
+/// (`body` is the client's feedback, `reply` the arm's answer): the count, and, when
+/// the arm accepted it (2xx), in the experiment's phase the type, the rating and the
+/// arm's `absolute_error` (present when the feedback had `actual`).
+///
+/// The phase counts it only when its prediction was made in this phase (the arm's
+/// `predicted_at`; older feedback counts as `late`, feedback without it as `undated`,
+/// in `abgate_experiment_feedback_outside_phase_total`), for a sticky user (the arm's
+/// `user_id`: the prediction's user, whom the arm checked the feedback came from) and
+/// not for an `X-Variant` override (the arm's `overridden`); then under the arm the
+/// hash assigned that user (intention to treat), whichever arm served the prediction.
 pub fn record_feedback(
-    _router: &Router,
+    router: &Router,
     active: &Active,
     target: usize,
     answer: Answer,
@@ -401,22 +396,44 @@ pub fn record_feedback(
     let series = &active.arms[target].series.common;
     match answer {
         Answer::Arm { error: None, .. } => {
-            if let Some(kind) = body
+            let Some(kind) = body
                 .and_then(|v| v.get("feedback_type"))
                 .and_then(Value::as_str)
                 .and_then(FeedbackType::parse)
-            {
-                series.feedback(kind);
-                let rating = body.and_then(|v| v.get("rating")).and_then(Value::as_f64);
-                let absolute_error = reply
-                    .and_then(|v| v.get("absolute_error"))
-                    .and_then(Value::as_f64);
-                if active.config.analysis.statistics {
-                    active
-                        .phase
-                        .record_feedback(target, kind, rating, absolute_error);
+            else {
+                return;
+            };
+            series.feedback(kind);
+            if !active.config.analysis.statistics {
+                return;
+            }
+            let field = |name: &str| reply.and_then(|v| v.get(name));
+            let phase = &active.phase;
+            match phase.place_feedback(field("predicted_at").and_then(Value::as_f64)) {
+                crate::experiment::Placement::Counted => {}
+                crate::experiment::Placement::Late => {
+                    router.experiment.gauges.feedback_late.inc();
+                    return;
+                }
+                crate::experiment::Placement::Undated => {
+                    router.experiment.gauges.feedback_undated.inc();
+                    return;
                 }
             }
+            let overridden = field("overridden").and_then(Value::as_bool) == Some(true);
+            let Some(key) = field("user_id")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty() && !overridden)
+            else {
+                return;
+            };
+            let assignment = assign_key(active, Some(key.as_bytes()));
+            let Some(user) = assignment.user else {
+                return;
+            };
+            let rating = body.and_then(|v| v.get("rating")).and_then(Value::as_f64);
+            let absolute_error = field("absolute_error").and_then(Value::as_f64);
+            phase.record_feedback(assignment.arm, user, kind, rating, absolute_error);
         }
         Answer::Arm {
             error: Some(kind), ..

@@ -112,7 +112,7 @@ pub async fn watch(router: Arc<Router>) {
         }
     };
     loop {
-        let poll = router.active().config.reload_poll;
+        let poll = router.active().config.reload.poll_interval;
         let forced = tokio::select! {
             () = tokio::time::sleep(poll) => false,
             Some(()) = async {

@@ -1,17 +1,26 @@
 //! `abgate report`: the experiment at a glance, rendered from `GET /api/experiment`
 //! as text (a table for a person), JSON (the API's answer) or Markdown (for a CI
-//! comment). SRM verdict first, then per arm users, requests, error rate, p95, MAE
-//! and rating, then every comparison with its interval and verdict. The exit status
-//! is 0, or [`EXIT_ATTENTION`] when the SRM test alarms or any comparison is `worse`.
+//! comment). SRM verdict first, then per arm (by the arm the hash assigned: intention
+//! to treat) users, requests, crossover, error rate, p95, MAE and rating, then every
+//! comparison by user with its interval and verdicts. The exit status is 0, or
+//! [`EXIT_ATTENTION`] when the SRM test alarms, some comparison is `worse` at the
+//! family's level (one error budget: α over every metric × candidate arm), or an arm's
+//! crossover exceeds [`CROSSOVER_ATTENTION`].
 
 use abgate_stats::{Metric, Verdict};
 use std::fmt::Write;
 
 use crate::error::RouterError;
-use crate::experiment::ExperimentView;
+use crate::experiment::{ArmFigures, ComparisonView, ExperimentView};
 
-/// Exit status when the SRM test alarms or a comparison is `worse`.
+/// Exit status when the SRM test alarms, a comparison is `worse` (family level) or
+/// the crossover is high.
 pub const EXIT_ATTENTION: u8 = 3;
+
+/// Crossover share (an arm's assigned requests served by another arm) above which the
+/// comparisons no longer measure the arm: the report asks for attention once the arm
+/// has `min_samples` requests.
+pub const CROSSOVER_ATTENTION: f64 = 0.05;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +56,25 @@ pub struct Report {
     pub exit_code: u8,
 }
 
-/// Whether the experiment needs attention: SRM alarm or a `worse` comparison.
+/// Whether the experiment needs attention: SRM alarm, some comparison `worse` at the
+/// family's level, or a crossover above [`CROSSOVER_ATTENTION`].
 pub fn needs_attention(view: &ExperimentView) -> bool {
-    view.srm.alarm || view.comparisons.iter().any(|c| c.verdict == Verdict::Worse)
+    view.srm.alarm || family_worse(view).next().is_some() || crossed(view).next().is_some()
+}
+
+/// The comparisons `worse` at the family's level.
+fn family_worse(view: &ExperimentView) -> impl Iterator<Item = &ComparisonView> {
+    view.comparisons
+        .iter()
+        .filter(|c| c.family_verdict == Verdict::Worse)
+}
+
+/// Arms (with `min_samples` requests) whose crossover is above [`CROSSOVER_ATTENTION`].
+fn crossed(view: &ExperimentView) -> impl Iterator<Item = &ArmFigures> {
+    view.arms.iter().filter(move |a| {
+        a.requests.n >= view.min_samples
+            && a.crossover.share.is_some_and(|s| s > CROSSOVER_ATTENTION)
+    })
 }
 
 /// Fetches `{url}/api/experiment` and renders it.
@@ -176,8 +201,8 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
         }
     };
     let title = format!(
-        "Experiment {:?}, phase {} (config version {}), min_samples {}",
-        view.experiment, view.phase, view.config_version, view.min_samples
+        "Experiment {:?}, phase {} (id {}, config version {}), min_samples {}",
+        view.experiment, view.phase, view.phase_id, view.config_version, view.min_samples
     );
     if markdown {
         let _ = writeln!(out, "## {title}");
@@ -194,7 +219,7 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\n{}SRM: {} — p = {:.3e} (anytime), chi-square p = {:.3e}; sampled users: {}",
+        "\n{}SRM: {} — p = {:.3e} (anytime), chi-square p = {:.3e}; sampled users by assigned arm: {}",
         if markdown { "**" } else { "" },
         if srm.alarm {
             "ALARM, the split is broken (p < 0.001): do not trust the comparisons"
@@ -213,7 +238,14 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
         // Close the bold text opened above.
         out.insert_str(out.len() - 1, "**");
     }
-    heading(&mut out, "Arms");
+    heading(
+        &mut out,
+        &format!(
+            "Arms (unit of analysis: the {}, {} user-hash buckets; by assigned arm: intention to treat)",
+            if view.unit.is_empty() { "user" } else { view.unit.as_str() },
+            view.buckets
+        ),
+    );
     let rows: Vec<Vec<String>> = view
         .arms
         .iter()
@@ -228,6 +260,7 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
                 format!("{:.1}%", a.share * 100.0),
                 format!("{:.0}", a.users.estimate),
                 a.requests.n.to_string(),
+                percent(a.crossover.share),
                 percent(a.requests.error_rate),
                 opt(a.latency_seconds.p95, |x| format!("{:.3} ms", x * 1000.0)),
                 opt(a.absolute_error.mae, |x| format!("{x:.4}")),
@@ -240,14 +273,27 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
     grid(
         &mut out,
         &[
-            "arm", "share", "users", "requests", "errors", "p95", "MAE", "n", "rating", "n",
+            "arm",
+            "share",
+            "users",
+            "requests",
+            "crossover",
+            "errors",
+            "p95",
+            "MAE",
+            "n",
+            "rating",
+            "n",
         ],
         &rows,
         markdown,
     );
     heading(
         &mut out,
-        "Comparisons (arm − control, 95% anytime-valid confidence sequence)",
+        &format!(
+            "Comparisons by user (arm − control, 95% anytime-valid confidence sequence; `family`: the verdict at α = {} / {} = {:.4}, what the exit status uses)",
+            view.family.alpha, view.family.comparisons, view.family.per_comparison_alpha
+        ),
     );
     let rows: Vec<Vec<String>> = view
         .comparisons
@@ -263,13 +309,17 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
                     in_unit(c.metric, c.ci_high, true)
                 ),
                 c.n.to_string(),
+                format!("{}/{}", c.buckets_arm, c.buckets_control),
                 verdict_word(c.verdict).to_string(),
+                verdict_word(c.family_verdict).to_string(),
             ]
         })
         .collect();
     grid(
         &mut out,
-        &["metric", "arms", "estimate", "interval", "n", "verdict"],
+        &[
+            "metric", "arms", "estimate", "interval", "n", "buckets", "verdict", "family",
+        ],
         &rows,
         markdown,
     );
@@ -315,17 +365,27 @@ fn table(view: &ExperimentView, markdown: bool) -> String {
     if view.srm.alarm {
         reasons.push("the SRM test alarms".into());
     }
-    for c in view
-        .comparisons
-        .iter()
-        .filter(|c| c.verdict == Verdict::Worse)
-    {
+    for c in family_worse(view) {
         reasons.push(format!("{} is worse on {}", c.variant, c.metric));
+    }
+    for a in crossed(view) {
+        reasons.push(format!(
+            "{} of {}'s requests were served by another arm (crossover)",
+            percent(a.crossover.share),
+            a.variant
+        ));
+    }
+    let late = view.feedback_outside_phase.late;
+    if late > 0 {
+        let _ = writeln!(
+            out,
+            "\n{late} feedback(s) on predictions of an earlier phase were not counted."
+        );
     }
     if reasons.is_empty() {
         let _ = writeln!(
             out,
-            "\nOK: no SRM alarm and no worse comparison (exit status 0)"
+            "\nOK: no SRM alarm, no worse comparison, no high crossover (exit status 0)"
         );
     } else {
         let _ = writeln!(
@@ -349,24 +409,35 @@ mod tests {
             "s",
             vec!["best_model".into(), "candidate_model".into()],
             vec![90.0, 10.0],
-            1000,
+            100_000,
         );
         for i in 0..2000u32 {
+            let latency = 0.001 + f64::from(i % 7) * 1e-4;
             let user = Some(crate::experiment::users::user_hash(i.to_string()));
-            p.record_response(0, user, if i % 100 == 0 { 500 } else { 200 }, 0.001);
+            let status = if i % 100 == 0 { 500 } else { 200 };
+            p.record_response(0, Some(0), user, status, latency);
+            // The candidate's users: 20 of them, 100 requests each (an SRM mismatch
+            // against 90/10), each failing `candidate_errors` in 100.
+            let user = Some(crate::experiment::users::user_hash(format!("c{}", i / 100)));
             let status = if i % 100 < candidate_errors { 500 } else { 200 };
-            p.record_response(1, None, status, 0.001);
+            p.record_response(1, Some(1), user, status, latency);
         }
         let s = p.summary(100, None);
         ExperimentView {
             experiment: "wine".into(),
             phase: s.phase,
+            phase_id: s.phase_id,
+            unit: "user".into(),
+            buckets: abgate_stats::BUCKETS,
+            memory_per_arm_bytes: 0,
             started_at: s.started_at,
             config_version: 1,
             min_samples: 100,
             arms: s.arms,
             srm: s.srm,
             comparisons: s.comparisons,
+            family: s.family,
+            feedback_outside_phase: s.feedback_outside_phase,
             guardrails: Vec::new(),
             history: Vec::new(),
         }

@@ -2,12 +2,16 @@
 //! feedback go to the hyper transport ([`crate::hyper_path`]), `/v2` to
 //! [`crate::oip`]; the JSON views are in [`crate::views`].
 
-use abgate_common::http::{find_route, json_response, metrics_response, route_error, Route};
+use abgate_common::http::{
+    error_response, find_route, json_response, metrics_response, route_error, Route,
+};
+use abgate_common::{ApiError, ErrorKind};
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
+use crate::control::rollout::{self, Action};
 use crate::error::RouterError;
 use crate::headers::{request_id_or_new, REQUEST_ID};
 use crate::hyper_path::{self, RouterBody};
@@ -27,9 +31,12 @@ enum Target {
     Experiment,
     Shadows,
     StatusPage,
+    Rollout,
+    RolloutAction(Action),
+    Verdict,
 }
 
-const ROUTES: [Route<Target>; 9] = [
+const ROUTES: [Route<Target>; 14] = [
     Route {
         path: "/predict",
         method: Method::POST,
@@ -75,6 +82,31 @@ const ROUTES: [Route<Target>; 9] = [
         method: Method::GET,
         target: Target::StatusPage,
     },
+    Route {
+        path: "/api/rollout",
+        method: Method::GET,
+        target: Target::Rollout,
+    },
+    Route {
+        path: "/api/rollout/pause",
+        method: Method::POST,
+        target: Target::RolloutAction(Action::Pause),
+    },
+    Route {
+        path: "/api/rollout/resume",
+        method: Method::POST,
+        target: Target::RolloutAction(Action::Resume),
+    },
+    Route {
+        path: "/api/rollout/abort",
+        method: Method::POST,
+        target: Target::RolloutAction(Action::Abort),
+    },
+    Route {
+        path: "/api/experiment/verdict",
+        method: Method::GET,
+        target: Target::Verdict,
+    },
 ];
 
 /// Answers one request.
@@ -100,11 +132,11 @@ pub async fn handle(router: Arc<Router>, req: Request<Incoming>) -> Response<Rou
 }
 
 /// Whether a request is forwarded to an arm (and so takes a concurrency slot): every
-/// `POST`, and whatever the Open Inference Protocol forwards (`infer`, metadata).
-/// Everything else is answered from the router's memory.
+/// `POST` but the rollout's control routes, and whatever the Open Inference Protocol
+/// forwards (`infer`, metadata). Everything else is answered from the router's memory.
 fn is_data_plane(method: &Method, path: &str) -> bool {
     if method == Method::POST {
-        return true;
+        return !path.starts_with("/api/rollout/");
     }
     abgate_common::oip::is_oip(path) && !path.starts_with("/v2/health")
 }
@@ -146,7 +178,76 @@ async fn route(
         Target::Config => json_response(StatusCode::OK, &views::config_view(router, active)),
         Target::Shadows => json_response(StatusCode::OK, &crate::shadow::view(&active.shadows)),
         Target::StatusPage => crate::status_page::response(),
+        Target::Rollout => json_response(StatusCode::OK, &rollout::view(router)),
+        Target::RolloutAction(action) => {
+            let done = authorize(active, req.headers()).and_then(|()| rollout::act(router, action));
+            match done {
+                Ok(view) => json_response(StatusCode::OK, &view),
+                Err(e) => error_answer(&e),
+            }
+        }
+        Target::Verdict => {
+            let arm = query_value(req.uri().query().unwrap_or(""), "arm").unwrap_or_default();
+            match rollout::verdict(router, arm) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(e) => error_answer(&e),
+            }
+        }
     }
+}
+
+/// The JSON error answer for `e` (a 401 says which scheme it wants).
+fn error_answer(e: &RouterError) -> Response<RouterBody> {
+    let api = e.to_api();
+    let mut response = error_response(&api);
+    if api.kind == ErrorKind::Unauthorized {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"abgate\""),
+        );
+    }
+    response
+}
+
+/// The value of `key` in a query string (first occurrence, not decoded: arm names
+/// need no decoding, and anything else names no arm).
+fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Checks `Authorization: Bearer <admin.token>` (compared in constant time): none
+/// configured is 403, a missing or wrong token 401.
+fn authorize(active: &Active, headers: &http::HeaderMap) -> Result<(), RouterError> {
+    let Some(token) = active.config.admin.token.as_deref() else {
+        return Err(RouterError::Request(ApiError::new(
+            ErrorKind::AdminForbidden,
+            "the control routes are off: no admin.token is configured",
+        )));
+    };
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if given.is_empty() || !constant_time_eq(given, token.as_bytes()) {
+        return Err(RouterError::Request(ApiError::new(
+            ErrorKind::Unauthorized,
+            "send `Authorization: Bearer <admin.token>`",
+        )));
+    }
+    Ok(())
+}
+
+/// Byte equality whose time depends only on the lengths, not on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
 }
 
 /// Whether a path is one of the router's routes (for tests and `check`).
@@ -166,5 +267,27 @@ mod tests {
             assert!(seen.insert(format!("{:?}", route.target)), "{}", route.path);
         }
         assert!(is_route("/api/config") && !is_route("/nothing"));
+    }
+
+    #[test]
+    fn the_rollout_control_routes_take_no_data_plane_slot() {
+        for action in ["pause", "resume", "abort"] {
+            let path = format!("/api/rollout/{action}");
+            assert!(is_route(&path) && !is_data_plane(&Method::POST, &path));
+        }
+        assert!(!is_data_plane(&Method::GET, "/api/experiment/verdict"));
+        assert!(is_data_plane(&Method::POST, "/predict"));
+        assert!(is_data_plane(&Method::POST, "/feedback"));
+    }
+
+    #[test]
+    fn tokens_compare_whole_and_queries_split() {
+        assert!(constant_time_eq(b"s3cret-token", b"s3cret-token"));
+        assert!(!constant_time_eq(b"s3cret-token", b"s3cret-tokem"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret-token"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(!constant_time_eq(b"\xff", b""));
+        assert_eq!(query_value("a=1&arm=cand&arm=x", "arm"), Some("cand"));
+        assert_eq!(query_value("", "arm"), None);
     }
 }

@@ -97,6 +97,8 @@ pub struct Router {
     rejected_hash: Mutex<Option<String>>,
     /// Experiment analysis: phase history, guardrail trips, gauges.
     pub experiment: Experiment,
+    /// The progressive rollout's state and gauges.
+    pub rollout: crate::rollout::Ramp,
     edit: Mutex<()>,
 }
 
@@ -115,6 +117,7 @@ impl Router {
         let metrics = RouterMetrics::new()?;
         let experiment = Experiment::new(&metrics.common.registry)?;
         let shadow_metrics = crate::shadow::ShadowMetrics::new(&metrics.common.registry)?;
+        let rollout = crate::rollout::Ramp::new(&metrics.common.registry)?;
         let system = SystemSampler::new(
             metrics.common.cpu_percent.with_label_values(&[ROUTER]),
             metrics.common.memory_percent.with_label_values(&[ROUTER]),
@@ -143,10 +146,24 @@ impl Router {
             inflight: AtomicUsize::new(0),
             rejected_hash: Mutex::new(None),
             experiment,
+            rollout,
             edit: Mutex::new(()),
         };
+        let statistics = config.analysis.statistics;
         router.apply(config, hash);
-        Ok(Arc::new(router))
+        let router = Arc::new(router);
+        if statistics {
+            // The cluster's export, read at scrape time (nothing on the hot path). A
+            // weak reference: the registry lives in the router.
+            let weak = Arc::downgrade(&router);
+            let export = crate::cluster::Export::new(move || {
+                weak.upgrade()
+                    .map(|r| r.experiment.export(&r.active().phase))
+                    .unwrap_or_default()
+            })?;
+            router.metrics.common.registry.register(Box::new(export))?;
+        }
+        Ok(router)
     }
 
     /// The version in force (a cheap reference-counted snapshot).

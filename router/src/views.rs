@@ -140,6 +140,8 @@ pub struct ConfigView<'a> {
     analysis: &'a crate::config::AnalysisConfig,
     guardrails: &'a [crate::config::GuardrailConfig],
     shadows: &'a [crate::config::ShadowConfig],
+    rollout: Option<&'a crate::config::RolloutConfig>,
+    admin_token_configured: bool,
     last_reload: crate::state::ReloadStatus,
 }
 
@@ -168,6 +170,8 @@ pub fn config_view<'a>(router: &Router, active: &'a Active) -> ConfigView<'a> {
         analysis: &active.config.analysis,
         guardrails: &active.config.guardrails,
         shadows: &active.config.shadows,
+        rollout: active.config.rollout.as_ref(),
+        admin_token_configured: active.config.admin.token.is_some(),
         last_reload: router.reload_status(),
     }
 }

@@ -101,9 +101,9 @@ fn check(text: &str) -> Result<bool, TestCaseError> {
         c.upstream.request_timeout,
         c.health.interval,
         c.health.timeout,
-        c.header_timeout,
-        c.body_timeout,
-        c.reload_poll,
+        c.client.header_timeout,
+        c.client.body_timeout,
+        c.reload.poll_interval,
     ] {
         prop_assert!(d > Duration::ZERO);
     }

@@ -222,7 +222,10 @@ async fn infer_inner(
     state.rows.inc_by(rows as u64);
     // The protocol's body has no `user_id`: the user is `X-User-Id` (as the router keys it).
     let user = header_user(&parts.headers);
-    let prediction_ids = state.recent.record(&predictions, user.as_deref());
+    let overridden = parts.headers.contains_key(crate::headers::X_VARIANT);
+    let prediction_ids = state
+        .recent
+        .record_request(&predictions, user.as_deref(), overridden);
     let encoded = encode_infer(
         InferContext {
             model_name: &state.config.model_name,

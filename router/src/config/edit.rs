@@ -8,17 +8,40 @@ use std::path::{Path, PathBuf};
 /// Rewrites the config file at `path` with `arm`'s weight set to 0, keeping comments
 /// and layout, by a temp file and a rename. Returns the new text.
 pub fn edit_file(path: &Path, arm: &str) -> Result<String, String> {
+    edit_with(path, |text| set_weight_zero(text, arm))
+}
+
+/// Rewrites the config file at `path` with each named arm's weight set, keeping
+/// comments and layout, by a temp file and a rename. Returns the new text.
+pub fn edit_weights(path: &Path, weights: &[(String, f64)]) -> Result<String, String> {
+    edit_with(path, |text| set_weights(text, weights))
+}
+
+/// Reads the config file, rewrites its text with `change` and replaces it (never
+/// through a symlink).
+fn edit_with(
+    path: &Path,
+    change: impl FnOnce(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.file_type().is_symlink() {
         return Err(format!(
-            "{} is a symlink (a ConfigMap-style mount); the file is not edited, the rollback is in memory only",
+            "{} is a symlink (a ConfigMap-style mount); the file is not edited, the change is in memory only",
             path.display()
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let new = set_weight_zero(&text, arm)?;
+    let new = change(&text)?;
     write_atomically(path, &new, &meta)?;
     Ok(new)
+}
+
+/// Writes `text` to `path` (a file the router owns, such as the rollout state beside
+/// the config) by an exclusive temporary file and a rename; a symlink at `path` is
+/// replaced, never written through.
+pub fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).ok();
+    write_atomically_with(path, text, meta.map(|m| m.permissions()))
 }
 
 /// `text` with `arm`'s `weight` set to 0 (comments, order and layout kept).
@@ -46,12 +69,57 @@ pub fn set_weight_zero(text: &str, arm: &str) -> Result<String, String> {
     Ok(doc.to_string())
 }
 
+/// `text` with each named arm's `weight` set (comments, order and layout kept). A
+/// whole number is written as an integer.
+pub fn set_weights(text: &str, weights: &[(String, f64)]) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| format!("cannot parse the config file: {e}"))?;
+    let arms = doc
+        .get_mut("arms")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+        .ok_or("the config file has no [[arms]] tables")?;
+    for (arm, w) in weights {
+        if !(w.is_finite() && *w >= 0.0) {
+            return Err(format!("arm {arm:?}: a weight must be a number >= 0"));
+        }
+        let table = arms
+            .iter_mut()
+            .find(|t| t.get("name").and_then(toml_edit::Item::as_str) == Some(arm.as_str()))
+            .ok_or_else(|| format!("the config file has no arm named {arm:?}"))?;
+        let weight = table
+            .get_mut("weight")
+            .ok_or_else(|| format!("arm {arm:?} has no weight in the file"))?;
+        let decor = weight.as_value().map(|v| v.decor().clone());
+        let mut value = if w.fract() == 0.0 && *w < 1e15 {
+            toml_edit::Value::from(*w as i64)
+        } else {
+            toml_edit::Value::from(*w)
+        };
+        if let Some(decor) = decor {
+            *value.decor_mut() = decor;
+        }
+        *weight = toml_edit::Item::Value(value);
+    }
+    Ok(doc.to_string())
+}
+
 /// Writes `text` to a new temporary file beside `path`, then renames it over `path`.
 ///
 /// The temporary file's name carries 128 random bits and it is created exclusively
 /// (`O_CREAT | O_EXCL`, which never follows a symlink): a file or link planted under a
 /// predictable name can neither be written through nor be renamed over the config.
 fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result<(), String> {
+    write_atomically_with(path, text, Some(meta.permissions()))
+}
+
+/// [`write_atomically`] with the permissions to give the new file (`None`: the
+/// default for a new file).
+fn write_atomically_with(
+    path: &Path,
+    text: &str,
+    permissions: Option<std::fs::Permissions>,
+) -> Result<(), String> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -67,7 +135,9 @@ fn write_atomically(path: &Path, text: &str, meta: &std::fs::Metadata) -> Result
         format!("cannot write {}: {e}", tmp.display())
     };
     file.write_all(text.as_bytes()).map_err(fail)?;
-    file.set_permissions(meta.permissions()).map_err(fail)?;
+    if let Some(permissions) = permissions {
+        file.set_permissions(permissions).map_err(fail)?;
+    }
     file.sync_all().map_err(fail)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(|e| {
@@ -104,11 +174,9 @@ fn create_exclusive(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File), 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{GuardrailAction, RouterConfig};
-
-    const FILE: &str = r#"# The router.
+pub(crate) mod tests_support {
+    /// A small config file with comments, for the tests of the edits and of what uses them.
+    pub const EXAMPLE: &str = r#"# The router.
 listen = "127.0.0.1:8080"
 
 [experiment]
@@ -125,6 +193,14 @@ name = "candidate_model"   # the challenger
 url = "http://127.0.0.1:6002"
 weight = 10 # ten percent
 "#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GuardrailAction, RouterConfig};
+
+    use super::tests_support::EXAMPLE as FILE;
 
     #[test]
     fn the_weight_becomes_zero_and_everything_else_is_kept() {
@@ -135,6 +211,22 @@ weight = 10 # ten percent
         );
         assert!(set_weight_zero(FILE, "nobody").is_err());
         assert!(set_weight_zero("arms = 1", "x").is_err());
+    }
+
+    #[test]
+    fn weights_are_set_and_everything_else_is_kept() {
+        let w = |a: &str, v: f64| (a.to_string(), v);
+        let new = set_weights(FILE, &[w("best_model", 95.0), w("candidate_model", 5.0)])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            new,
+            FILE.replace("weight = 10 # ten percent", "weight = 5 # ten percent")
+                .replace("weight = 90", "weight = 95")
+        );
+        let new = set_weights(FILE, &[w("best_model", 97.5)]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(new.contains("weight = 97.5\n"), "{new}");
+        assert!(set_weights(FILE, &[w("nobody", 1.0)]).is_err());
+        assert!(set_weights(FILE, &[w("best_model", f64::NAN)]).is_err());
     }
 
     #[test]

@@ -12,10 +12,16 @@ use std::time::Duration;
 
 use crate::assignment::Split;
 
+mod client;
 pub mod edit;
+mod reload;
+pub use client::ClientConfig;
+pub use reload::ReloadConfig;
 mod guardrails;
+mod rollout;
 use abgate_stats::Metric;
 pub use guardrails::{GuardrailAction, GuardrailConfig};
+pub use rollout::{step_weights, AdminConfig, OnComplete, RolloutConfig};
 
 /// XXH3 of config text, as the hex `hash` shown by `/api/config`.
 pub fn config_hash(text: &str) -> String {
@@ -56,6 +62,10 @@ struct RawConfig {
     guardrails: Vec<RawGuardrail>,
     #[serde(default)]
     shadows: Vec<RawShadow>,
+    #[serde(default)]
+    rollout: Option<rollout::RawRollout>,
+    #[serde(default)]
+    admin: rollout::RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,23 +264,20 @@ pub struct RouterConfig {
     pub health: HealthConfig,
     /// `X-Variant` override.
     pub override_: OverrideConfig,
-    /// Client-side limits.
-    pub header_timeout: Duration,
-    /// A request body must arrive within this time.
-    pub body_timeout: Duration,
-    /// A client that accepts no bytes of its answer for this long is cut off.
-    pub send_timeout: Duration,
-    /// After an early error answer, the client's bytes are read and dropped for up
-    /// to this long before closing (lingering close).
-    pub linger: Duration,
-    /// How often the file is checked for changes.
-    pub reload_poll: Duration,
+    /// `[client]`: client-side limits.
+    pub client: ClientConfig,
+    /// `[reload]`: live reload.
+    pub reload: ReloadConfig,
     /// Experiment analysis settings (`experiment.min_samples`, ...).
     pub analysis: AnalysisConfig,
     /// `[[guardrails]]`, in file order.
     pub guardrails: Vec<GuardrailConfig>,
     /// Shadow arms: models that answer a sample of an arm's traffic unseen.
     pub shadows: Vec<ShadowConfig>,
+    /// `[rollout]`: a candidate ramped step by step on evidence.
+    pub rollout: Option<RolloutConfig>,
+    /// `[admin]`: the control routes' token.
+    pub admin: AdminConfig,
 }
 
 /// One shadow arm (`[[shadows]]`): a model server that gets a copy of a sample of
@@ -574,6 +581,13 @@ impl RouterConfig {
             ));
         }
         let guardrails = validate_guardrails(path, raw.guardrails, &arms)?;
+        let rollout = raw
+            .rollout
+            .map(|r| rollout::validate_rollout(r, &arms, &guardrails, analysis.min_samples))
+            .transpose()
+            .map_err(|(key, reason)| invalid(&key, reason))?;
+        let admin =
+            rollout::validate_admin(raw.admin).map_err(|(key, reason)| invalid(&key, reason))?;
         if raw.body_limit_bytes == 0 {
             return Err(invalid("body_limit_bytes", "must be at least 1".into()));
         }
@@ -604,15 +618,21 @@ impl RouterConfig {
                 enabled: raw.override_.enabled,
                 token: (!raw.override_.token.is_empty()).then_some(raw.override_.token),
             },
-            header_timeout: positive("client.header_timeout_ms", raw.client.header_timeout_ms)?,
-            body_timeout: positive("client.body_timeout_ms", raw.client.body_timeout_ms)?,
-            send_timeout: positive("client.send_timeout_ms", raw.client.send_timeout_ms)?,
-            // 0 turns lingering off.
-            linger: Duration::from_millis(raw.client.linger_ms),
-            reload_poll: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
+            client: ClientConfig {
+                header_timeout: positive("client.header_timeout_ms", raw.client.header_timeout_ms)?,
+                body_timeout: positive("client.body_timeout_ms", raw.client.body_timeout_ms)?,
+                send_timeout: positive("client.send_timeout_ms", raw.client.send_timeout_ms)?,
+                // 0 turns lingering off.
+                linger: Duration::from_millis(raw.client.linger_ms),
+            },
+            reload: ReloadConfig {
+                poll_interval: positive("reload.poll_interval_ms", raw.reload.poll_interval_ms)?,
+            },
             analysis,
             guardrails,
             shadows,
+            rollout,
+            admin,
         })
     }
 }

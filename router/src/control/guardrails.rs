@@ -17,25 +17,13 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::clock::unix_now;
-use crate::config::edit::edit_file;
+use crate::config::edit::{edit_file, edit_weights};
 use crate::config::{config_hash, GuardrailAction, GuardrailConfig, RouterConfig};
 use crate::error::RouterError;
-use crate::experiment::{ComparisonView, FileChange, Trip, TICK};
+use crate::experiment::{ComparisonView, FileChange, Trip};
 use crate::state::Router;
-
-/// Refreshes the experiment's gauges and evaluates the guardrails every [`TICK`],
-/// forever.
-pub async fn run(router: Arc<Router>) {
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        tick(&router);
-    }
-}
 
 /// One tick: refresh the gauges, then carry out every guardrail beyond its allowance
 /// (once per phase).
@@ -66,6 +54,14 @@ pub fn trip(
 ) -> Trip {
     let before = router.active();
     let old_weights = weights_of(&before.config);
+    let phase_id = if before.phase.number == phase {
+        before.phase.id.clone()
+    } else {
+        String::new()
+    };
+    let family = crate::experiment::guardrail_family(&before.config, guardrail);
+    let alpha =
+        abgate_stats::family::bonferroni_alpha(abgate_stats::Boundary::default().alpha(), family);
     let (file, note) = match guardrail.action {
         GuardrailAction::Alert => (FileChange::None, None),
         GuardrailAction::Rollback => match rollback(router, &guardrail.arm) {
@@ -81,6 +77,8 @@ pub fn trip(
         arm: guardrail.arm.clone(),
         action: guardrail.action,
         phase,
+        phase_id,
+        alpha: Some(alpha),
         estimate: comparison.estimate,
         interval: [comparison.ci_low, comparison.ci_high],
         max_degradation: guardrail.max_degradation,
@@ -96,6 +94,7 @@ pub fn trip(
         metric = %record.metric,
         arm = %record.arm,
         action = ?record.action,
+        phase_id = %record.phase_id,
         estimate = ?record.estimate,
         ci_low = ?comparison.ci_low,
         ci_high = ?comparison.ci_high,
@@ -114,8 +113,14 @@ pub fn trip(
 
 /// Appends one JSON line to `path`.
 pub fn append_audit(path: &Path, trip: &Trip) -> Result<(), RouterError> {
+    append_json(path, trip)
+}
+
+/// Appends `record` to `path` as one JSON line (the audit log's writer, for trips
+/// and rollout transitions alike).
+pub fn append_json<T: serde::Serialize>(path: &Path, record: &T) -> Result<(), RouterError> {
     let io = |e: std::io::Error| RouterError::Io(format!("{}: {e}", path.display()));
-    let mut line = serde_json::to_vec(trip).map_err(|e| RouterError::Io(e.to_string()))?;
+    let mut line = serde_json::to_vec(record).map_err(|e| RouterError::Io(e.to_string()))?;
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -148,22 +153,75 @@ pub fn rollback(router: &Router, arm: &str) -> Result<(FileChange, Option<String
             "cannot roll back {arm:?}: every other arm has weight 0"
         ));
     }
+    apply_weights(router, &active, &[(arm.to_string(), 0.0)], |path| {
+        edit_file(path, arm)
+    })
+}
+
+/// Sets the named arms' weights (a rollout's step): in the file when it can, and in
+/// memory in any case, like a rollback. Returns how the file was changed and why
+/// not, if it was not.
+pub fn set_weights(
+    router: &Router,
+    changes: &[(String, f64)],
+) -> Result<(FileChange, Option<String>), String> {
+    let _edit = router.edit_lock();
+    let active = router.active();
+    let mut weights = active.config.weights();
+    for (arm, w) in changes {
+        let index = active
+            .config
+            .arm_index(arm)
+            .ok_or_else(|| format!("arm {arm:?} is no longer in the config"))?;
+        weights[index] = *w;
+    }
+    if weights == active.config.weights() {
+        return Ok((
+            FileChange::None,
+            Some("the weights are already these".into()),
+        ));
+    }
+    if crate::assignment::Split::new(&weights).is_none() {
+        return Err("cannot set these weights: none is positive".into());
+    }
+    apply_weights(router, &active, changes, |path| edit_weights(path, changes))
+}
+
+/// Under the edit lock: rewrites the file with `edit` and applies it if it loads
+/// with `changes` in force; otherwise (a symlink, a write error) applies `changes`
+/// in memory only, keeping the file's hash so the watcher leaves it be.
+fn apply_weights(
+    router: &Router,
+    active: &crate::state::Active,
+    changes: &[(String, f64)],
+    edit: impl FnOnce(&Path) -> Result<String, String>,
+) -> Result<(FileChange, Option<String>), String> {
     let path = active.config.path.clone();
-    let written: Result<(), String> = match edit_file(&path, arm) {
+    let holds = |config: &RouterConfig| {
+        changes.iter().all(|(arm, w)| {
+            config
+                .arm_index(arm)
+                .is_some_and(|i| (config.arms[i].weight - w).abs() <= 1e-9)
+        })
+    };
+    let written: Result<(), String> = match edit(&path) {
         Ok(text) => match RouterConfig::parse(&path, &text) {
-            Ok(config) if config.arm_index(arm).map(|i| config.arms[i].weight) == Some(0.0) => {
+            Ok(config) if holds(&config) => {
                 router.apply(config, config_hash(&text));
                 return Ok((FileChange::Written, None));
             }
-            Ok(_) => Err("the rewritten file does not set the weight to 0".to_string()),
+            Ok(_) => Err("the rewritten file does not set the weights".to_string()),
             Err(e) => Err(format!("the rewritten file does not load: {e}")),
         },
         Err(e) => Err(e),
     };
     let note = written.err();
-    // In memory only; the active hash stays the file's, so the watcher leaves it be.
     let mut config = active.config.clone();
-    config.arms[index].weight = 0.0;
+    for (arm, w) in changes {
+        if let Some(i) = config.arm_index(arm) {
+            config.arms[i].weight = *w;
+        }
+    }
     router.apply(config, active.hash.clone());
     Ok((FileChange::InMemoryOnly, note))
 }
@@ -173,23 +231,7 @@ mod tests {
     use super::*;
     use abgate_stats::Metric;
 
-    const FILE: &str = r#"# The router.
-listen = "127.0.0.1:8080"
-
-[experiment]
-salt = "s" # keep
-
-# Control first.
-[[arms]]
-name = "best_model"
-url = "http://127.0.0.1:6001"
-weight = 90
-
-[[arms]]
-name = "candidate_model"   # the challenger
-url = "http://127.0.0.1:6002"
-weight = 10 # ten percent
-"#;
+    use crate::config::edit::tests_support::EXAMPLE as FILE;
 
     fn router_at(path: &Path) -> std::sync::Arc<Router> {
         let config = RouterConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
@@ -250,6 +292,8 @@ weight = 10 # ten percent
             arm: "candidate_model".into(),
             action: GuardrailAction::Rollback,
             phase: 1,
+            phase_id: "0123456789abcdef".into(),
+            alpha: Some(0.05),
             estimate: Some(0.04),
             interval: [Some(0.03), Some(0.05)],
             max_degradation: 0.01,

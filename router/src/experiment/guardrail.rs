@@ -36,6 +36,12 @@ pub struct Trip {
     pub action: GuardrailAction,
     /// The phase it tripped in.
     pub phase: u64,
+    /// That phase's content id.
+    #[serde(default)]
+    pub phase_id: String,
+    /// The level of the interval: α over the guardrails that share its action.
+    #[serde(default)]
+    pub alpha: Option<f64>,
     /// Arm − control estimate.
     pub estimate: Option<f64>,
     /// The confidence sequence `[low, high]`.

@@ -1,13 +1,14 @@
 //! Experiment analysis in the router: is the candidate better or worse than the
 //! control, is the split healthy, and should a guardrail roll the candidate back?
 //!
-//! * [`phase`] — per-arm sufficient statistics of the current **phase** (it starts at
+//! * [`phase`] — per-arm statistics *by user* of the current **phase** (it starts at
 //!   start-up and whenever the salt, the arms or any weight changes, because
-//!   comparisons across different splits are biased), recorded by
-//!   [`crate::policy::record_prediction`] / [`crate::policy::record_feedback`] at the
-//!   cost of a few additions under a per-thread shard lock; figures, SRM and
-//!   comparisons are computed on read.
-//! * [`users`] — the consistent, bounded sample of distinct users per served arm.
+//!   comparisons across different splits are biased; its content id `phase_id` is the
+//!   same on every replica), recorded by the arm the hash *assigned* (intention to
+//!   treat) from [`crate::policy::record_prediction`] /
+//!   [`crate::policy::record_feedback`] at the cost of a few additions in the worker's
+//!   own cell; figures, SRM and comparisons are computed on read.
+//! * [`users`] — the consistent, bounded sample of distinct users per assigned arm.
 //! * [`srm`] — the sample-ratio-mismatch test of the phase.
 //! * [`guardrail`] — the record a guardrail trip leaves (carried out by
 //!   `control::guardrails`, which also runs the tick).
@@ -25,6 +26,7 @@ pub mod phase;
 pub mod srm;
 pub mod users;
 
+use abgate_stats::family::bonferroni_alpha;
 use abgate_stats::guardrail::beyond_degradation;
 use abgate_stats::{Metric, Verdict};
 use serde::{Deserialize, Serialize};
@@ -33,10 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::unix_now;
+use crate::cluster::PhaseExport;
 use crate::config::{GuardrailAction, GuardrailConfig, RouterConfig};
 pub use gauges::Gauges;
 pub use guardrail::{FileChange, Trip};
-pub use phase::{ArmFigures, ComparisonView, Phase, PhaseSummary};
+pub use phase::{ArmFigures, ComparisonView, FamilyView, Phase, PhaseSummary, Placement};
 pub use srm::SrmView;
 
 /// Phases kept in `history`.
@@ -64,8 +67,15 @@ pub struct GuardrailView {
     pub action: GuardrailAction,
     /// `ok`, `tripped` (in this phase) or `not_enough_data`.
     pub state: String,
-    /// The comparison it watches, now (`null` when the arm is not in the phase).
+    /// The comparison it watches, now, at the guardrail's level (`null` when the arm
+    /// is not in the phase).
     pub comparison: Option<ComparisonView>,
+    /// Guardrails sharing its action (same `action` and `arm`): α is split over them.
+    #[serde(default)]
+    pub family_size: usize,
+    /// The level of its interval, `0.05 / family_size`.
+    #[serde(default)]
+    pub alpha: Option<f64>,
     /// Trips since start-up.
     pub trips_total: u64,
     /// The last trip, in any phase.
@@ -79,6 +89,19 @@ pub struct ExperimentView {
     pub experiment: String,
     /// Current phase number.
     pub phase: u64,
+    /// Current phase's content id (hex of a hash of salt, arm names and weights).
+    #[serde(default)]
+    pub phase_id: String,
+    /// The unit of analysis: `user` (every interval treats a user's observations as
+    /// correlated; users are hashed into `buckets` buckets).
+    #[serde(default)]
+    pub unit: String,
+    /// User buckets of the analysis.
+    #[serde(default)]
+    pub buckets: usize,
+    /// Bytes the phase's statistics take per arm (every cell; the user sample aside).
+    #[serde(default)]
+    pub memory_per_arm_bytes: usize,
     /// Unix time the phase started.
     pub started_at: f64,
     /// Config version in force.
@@ -89,8 +112,15 @@ pub struct ExperimentView {
     pub arms: Vec<ArmFigures>,
     /// The SRM test.
     pub srm: SrmView,
-    /// Each arm after the first against the first, for every metric.
+    /// Each arm after the first against the first, for every metric (by user, by
+    /// assigned arm).
     pub comparisons: Vec<ComparisonView>,
+    /// The one error budget of "some comparison is `worse`".
+    #[serde(default)]
+    pub family: FamilyView,
+    /// Accepted feedback not counted in this phase.
+    #[serde(default)]
+    pub feedback_outside_phase: phase::OutsideFigure,
     /// Guardrails and their state.
     pub guardrails: Vec<GuardrailView>,
     /// Summaries of the last phases, newest first.
@@ -159,7 +189,16 @@ impl Experiment {
 
     /// Refreshes the gauges from the current phase and returns its summary.
     pub fn refresh(&self, phase: &Phase, config: &RouterConfig) -> PhaseSummary {
-        let summary = phase.summary(config.analysis.min_samples, None);
+        self.refresh_from(phase, &phase.snapshot(), config)
+    }
+
+    fn refresh_from(
+        &self,
+        phase: &Phase,
+        snapshot: &[phase::ArmCell],
+        config: &RouterConfig,
+    ) -> PhaseSummary {
+        let summary = phase.summary_of(snapshot, config.analysis.min_samples, None);
         let names: Vec<&str> = config.guardrails.iter().map(|g| g.name.as_str()).collect();
         self.gauges.refresh(&summary, &names);
         summary
@@ -167,23 +206,61 @@ impl Experiment {
 
     /// One tick's rule: refreshes the gauges, then returns the phase number and the
     /// guardrails of `config` that trip now, each with the comparison beyond its
-    /// allowance. A guardrail trips once per phase; each trip is counted here.
+    /// allowance (at the level of its family: α split over the guardrails that share
+    /// its action). A guardrail trips once per phase; each trip is counted here.
     pub fn tripped<'c>(
         &self,
         phase: &Phase,
         config: &'c RouterConfig,
     ) -> (u64, Vec<(&'c GuardrailConfig, ComparisonView)>) {
-        let summary = self.refresh(phase, config);
+        let snapshot = phase.snapshot();
+        let summary = self.refresh_from(phase, &snapshot, config);
         let mut tripped = Vec::new();
         for g in &config.guardrails {
-            let Some(c) = find(&summary, g) else { continue };
-            if !beyond(c, g.max_degradation) || !phase.trip_once(&g.name) {
+            let Some(c) = guarded(phase, &snapshot, config, g) else {
+                continue;
+            };
+            if !beyond(&c, g.max_degradation) || !phase.trip_once(&g.name) {
                 continue;
             }
             self.gauges.trips.with_label_values(&[&g.name]).inc();
-            tripped.push((g, c.clone()));
+            tripped.push((g, c));
         }
         (summary.phase, tripped)
+    }
+
+    /// What this replica exports for the cluster ([`crate::cluster::Export`]): the
+    /// current phase's mergeable statistics and SRM e-value, and the guardrails
+    /// tripped in it and in earlier phases (each guardrail's last trip), so a replica
+    /// still in an earlier phase learns of a trip there.
+    pub fn export(&self, phase: &Phase) -> Vec<PhaseExport> {
+        let arms = phase
+            .variants
+            .iter()
+            .cloned()
+            .zip(phase.snapshot().into_iter().map(|cell| cell.stats))
+            .collect();
+        let mut current = PhaseExport {
+            phase_id: phase.id.clone(),
+            arms,
+            srm_evalue: Some(phase.srm().e_value),
+            tripped: Vec::new(),
+        };
+        let mut earlier = Vec::new();
+        for trip in lock(&self.trips).values() {
+            if trip.phase_id == phase.id {
+                current.tripped.push(trip.guardrail.clone());
+            } else if !trip.phase_id.is_empty() {
+                earlier.push(PhaseExport {
+                    phase_id: trip.phase_id.clone(),
+                    tripped: vec![trip.guardrail.clone()],
+                    ..PhaseExport::default()
+                });
+            }
+        }
+        let mut all = vec![current];
+        all.append(&mut earlier);
+        all
     }
 
     /// Keeps `trip` as its guardrail's last, for `/api/experiment`.
@@ -193,13 +270,15 @@ impl Experiment {
 
     /// `GET /api/experiment` for config version `version` and its phase.
     pub fn view(&self, phase: &Phase, config: &RouterConfig, version: u64) -> ExperimentView {
-        let summary = self.refresh(phase, config);
+        let snapshot = phase.snapshot();
+        let summary = self.refresh_from(phase, &snapshot, config);
         let trips = lock(&self.trips);
         let guardrails = config
             .guardrails
             .iter()
             .map(|g| {
-                let comparison = find(&summary, g).cloned();
+                let comparison = guarded(phase, &snapshot, config, g);
+                let family_size = guardrail_family(config, g);
                 let state = if phase.has_tripped(&g.name) {
                     "tripped"
                 } else if comparison
@@ -218,6 +297,8 @@ impl Experiment {
                     action: g.action,
                     state: state.to_string(),
                     comparison,
+                    family_size,
+                    alpha: Some(bonferroni_alpha(summary.family.alpha, family_size)),
                     trips_total: self.gauges.trips.with_label_values(&[&g.name]).get(),
                     last_trip: trips.get(&g.name).cloned(),
                 }
@@ -227,21 +308,54 @@ impl Experiment {
         ExperimentView {
             experiment: config.experiment.clone(),
             phase: summary.phase,
+            phase_id: summary.phase_id,
+            unit: "user".to_string(),
+            buckets: abgate_stats::BUCKETS,
+            memory_per_arm_bytes: phase::ARM_CELL_BYTES * phase::CELLS,
             started_at: summary.started_at,
             config_version: version,
             min_samples: config.analysis.min_samples,
             arms: summary.arms,
             srm: summary.srm,
             comparisons: summary.comparisons,
+            family: summary.family,
+            feedback_outside_phase: summary.feedback_outside_phase,
             guardrails,
             history: lock(&self.history).iter().cloned().collect(),
         }
     }
 }
 
-fn find<'a>(summary: &'a PhaseSummary, g: &GuardrailConfig) -> Option<&'a ComparisonView> {
-    summary
-        .comparisons
+/// The guardrails of `config` that share `g`'s action (the same `action` on the same
+/// `arm`): the family α is split over.
+pub fn guardrail_family(config: &RouterConfig, g: &GuardrailConfig) -> usize {
+    config
+        .guardrails
         .iter()
-        .find(|c| c.metric == g.metric && c.variant == g.arm)
+        .filter(|o| o.action == g.action && o.arm == g.arm)
+        .count()
+        .max(1)
+}
+
+/// The comparison guardrail `g` watches, at its family's level.
+fn guarded(
+    phase: &Phase,
+    snapshot: &[phase::ArmCell],
+    config: &RouterConfig,
+    g: &GuardrailConfig,
+) -> Option<ComparisonView> {
+    let arm = phase.variants.iter().position(|v| *v == g.arm)?;
+    if arm == 0 {
+        return None;
+    }
+    let mut c = phase.compare_in(
+        snapshot,
+        arm,
+        g.metric,
+        config.analysis.min_samples,
+        guardrail_family(config, g),
+    )?;
+    // The guardrail's interval decides: its verdict is the family one.
+    c.verdict = c.family_verdict;
+    Some(c)
 }

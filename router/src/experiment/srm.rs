@@ -1,11 +1,12 @@
-//! The sample-ratio-mismatch test of a phase: sampled sticky users per *served* arm
+//! The sample-ratio-mismatch test of a phase: sampled sticky users per *assigned* arm
 //! against the configured shares, with the anytime-valid Dirichlet–multinomial test of
 //! [`abgate_stats::SrmMonitor`] (alarm below [`ALARM_THRESHOLD`]) and the fixed-horizon
 //! chi-square p-value for reference.
 //!
 //! Only users whose arm came from the hash are counted (overrides and anonymous users
-//! are left out), by the arm that served them: failover moves users off the split and
-//! shows up as a mismatch, as it should.
+//! are left out), by the arm the hash assigned them (intention to treat): a mismatch
+//! means the assignment or the recording is broken. Traffic moved off the split by
+//! failover is the arms' crossover figure, not a mismatch.
 
 use abgate_stats::{SrmMonitor, ALARM_THRESHOLD};
 use serde::{Deserialize, Serialize};
@@ -19,13 +20,16 @@ pub struct SrmView {
     pub chi2_p_value: f64,
     /// `p_value < threshold`.
     pub alarm: bool,
+    /// The Bayes factor now: an e-value (its mean over replicas is one too, whatever
+    /// their dependence; see [`crate::cluster`]). 1 before any user.
+    pub e_value: f64,
     /// The alarm threshold (0.001).
     pub threshold: f64,
     /// Arm names, the order of `expected` and `observed`.
     pub variants: Vec<String>,
     /// Expected sampled users per arm under the configured shares.
     pub expected: Vec<f64>,
-    /// Sampled users per served arm.
+    /// Sampled users per assigned arm.
     pub observed: Vec<u64>,
 }
 
@@ -60,6 +64,7 @@ impl SrmState {
                 p_value: r.p_value,
                 chi2_p_value: r.chi2_p_value,
                 alarm: r.alarm,
+                e_value: r.log_bayes_factor.exp().min(f64::MAX),
                 threshold: ALARM_THRESHOLD,
                 variants: variants.to_vec(),
                 expected: r.expected,
@@ -69,6 +74,7 @@ impl SrmState {
                 p_value: 1.0,
                 chi2_p_value: 1.0,
                 alarm: false,
+                e_value: 1.0,
                 threshold: ALARM_THRESHOLD,
                 variants: variants.to_vec(),
                 expected: vec![0.0; counts.len()],

@@ -1,12 +1,14 @@
-//! A consistent sample of distinct users per served arm, with bounded memory.
+//! A consistent sample of distinct users per assigned arm, with bounded memory.
 //!
 //! A user (the sticky key) is in the sample when `XXH3_64(seed 1, key) < fraction·2^64`.
 //! The fraction starts at 1 and halves whenever the sample (all arms together) exceeds
 //! `experiment.user_sample_cap`; the users whose hash is no longer below the threshold
 //! are dropped. The rule depends on the key alone, never on the arm, so the sample is an
 //! unbiased, arm-independent sample of each arm's users and `sampled / fraction`
-//! estimates the users an arm served. Hashes are kept in sets sharded by hash, so an
-//! insertion locks one small shard.
+//! estimates the users the hash assigned to an arm. Hashes are kept in sets sharded by
+//! hash. Requests never touch it: each worker's cell of the phase collects the sampled
+//! users it sees ([`UserSample::sampled`]), and the phase moves them in here, and thins,
+//! when it is read ([`super::phase`]).
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -43,7 +45,8 @@ impl Hasher for Fibonacci {
     }
 }
 
-type HashSet = std::collections::HashSet<u64, BuildHasherDefault<Fibonacci>>;
+/// A set of user hashes (Fibonacci-rehashed).
+pub(crate) type HashSet = std::collections::HashSet<u64, BuildHasherDefault<Fibonacci>>;
 
 /// Keeps a value on its own cache line, so shards used by different threads do not
 /// share one.
@@ -99,7 +102,13 @@ impl UserSample {
         0.5f64.powi(self.shift.load(Ordering::Relaxed) as i32)
     }
 
-    /// Counts the user with hash `hash` as served by `arm`.
+    /// Whether the user with hash `hash` is in the sample at the current fraction.
+    #[inline]
+    pub fn sampled(&self, hash: u64) -> bool {
+        in_sample(hash, self.shift.load(Ordering::Relaxed))
+    }
+
+    /// Counts the user with hash `hash` as assigned to `arm`.
     pub fn insert(&self, arm: usize, hash: u64) -> Inserted {
         if arm >= self.arms || !in_sample(hash, self.shift.load(Ordering::Relaxed)) {
             return Inserted::No;
@@ -161,7 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_user_is_counted_once_per_serving_arm() {
+    fn a_user_is_counted_once_per_arm() {
         let s = UserSample::new(2, 100);
         let h = user_hash("alice");
         assert_eq!(s.insert(0, h), Inserted::Yes);

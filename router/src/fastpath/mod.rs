@@ -51,7 +51,7 @@ pub async fn serve_connection(
         let _ = stopping.wait_for(|s| *s).await;
     });
     loop {
-        let head_deadline = Instant::now() + router.active().config.header_timeout;
+        let head_deadline = Instant::now() + router.active().config.client.header_timeout;
         let (plan, active) = loop {
             if !conn.buf.is_empty() {
                 // Loaded once the head is here, so a reload while idle applies to it.
@@ -116,7 +116,7 @@ pub async fn serve_connection(
         };
         let mut socket = Socket {
             stream: &mut client,
-            send_timeout: active.config.send_timeout,
+            send_timeout: active.config.client.send_timeout,
         };
         match forward::predict(&router, &active, &request, &mut conn.bufs, &mut socket).await {
             Outcome::KeepAlive => {
@@ -257,9 +257,9 @@ impl Connection {
             close: true,
         };
         h1::write_error(head, err, &policy::error_body(err, endpoint), &tags);
-        let sent = timeout(active.config.send_timeout, client.write_all(head)).await;
+        let sent = timeout(active.config.client.send_timeout, client.write_all(head)).await;
         if matches!(sent, Ok(Ok(()))) && client.shutdown().await.is_ok() {
-            linger(client, active.config.linger).await;
+            linger(client, active.config.client.linger).await;
         }
     }
 
@@ -273,7 +273,7 @@ impl Connection {
         active: &Active,
         router: &Router,
     ) -> bool {
-        let deadline = Instant::from_std(started) + active.config.body_timeout;
+        let deadline = Instant::from_std(started) + active.config.client.body_timeout;
         let total = plan.head_len + plan.body_len;
         while self.buf.len() < total {
             self.buf.reserve(READ_CHUNK.max(total - self.buf.len()));
@@ -285,7 +285,7 @@ impl Connection {
                         ErrorKind::RequestTimeout,
                         format!(
                             "request body not received within {} ms",
-                            active.config.body_timeout.as_millis()
+                            active.config.client.body_timeout.as_millis()
                         ),
                     );
                     policy::record_unassigned(router, err.kind);

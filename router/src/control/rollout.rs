@@ -1,0 +1,1718 @@
+//! The progressive rollout carried out (`[rollout]`): one candidate ramped through its
+//! `steps` (percent of users) on evidence, not on a clock.
+//!
+//! * [`decide`] is the pure rule: on a step, advance only when the hold has elapsed,
+//!   the candidate has seen its users, SRM does not alarm, and every gate's confidence
+//!   sequence (arm − control, at the guardrail's level) lies on the good side of the
+//!   gate's `max_degradation` (non-inferiority, [`abgate_stats::noninferiority`]); roll
+//!   back when a gate's sequence lies wholly beyond it (the guardrail trip rule,
+//!   [`abgate_stats::guardrail`]); complete after the last step (or when the next step
+//!   is 100%). Every other case is a hold, with what it waits for in words.
+//! * [`evidence_from`] is the one adapter from the experiment's view
+//!   (`crate::experiment::ExperimentView`) to the decision's inputs: a change of the
+//!   experiment's types costs this function only. A step is a phase (the weights
+//!   changed), and the evidence carries across steps, stratified by phase: each ended
+//!   phase of the rollout still in the experiment's history and the current one are
+//!   combined by [`combine`] (inverse-variance weights, the router's boundary at the
+//!   summed effective size), so a step does not start from zero.
+//! * [`tick`] runs every second from the control layer's tick: it starts, resumes,
+//!   advances, completes or rolls back, and every transition is one audit line (the
+//!   experiment's audit log), one log line, the gauges and the state file
+//!   (`crate::rollout`). Weights are applied like a guardrail rollback
+//!   ([`super::guardrails::set_weights`]): written to the config file (comments kept)
+//!   and applied in memory, or in memory only when the file is a symlink.
+//! * [`act`] is `POST /api/rollout/{pause,resume,abort}`; [`view`] is
+//!   `GET /api/rollout`; [`verdict`] is `GET /api/experiment/verdict`.
+//!
+//! Users only move from the other arms to the candidate as steps rise: the candidate's
+//! hash interval only grows when its share does (see `abgate check`'s plan); a
+//! rollout that finds the candidate with users already starts (or resumes) at the
+//! first step at or above its share.
+//!
+//! This is the single-node rollout. Cluster mode plugs in at two seams and leaves
+//! [`decide`] and the transitions alone: `evidence` (this router's experiment view →
+//! the cluster's merged statistics) and `current`/`persist` (the state file → the
+//! step decided from the cluster's state, so every replica applies the same step).
+
+use abgate_stats::guardrail::beyond_degradation;
+use abgate_stats::noninferiority::within_degradation;
+use abgate_stats::special::{student_t_isf, student_t_matching_normal};
+use abgate_stats::{Metric, Verdict};
+use serde::Serialize;
+
+use crate::clock::unix_now;
+use crate::config::{step_weights, OnComplete, RolloutConfig, RouterConfig};
+use crate::error::RouterError;
+use crate::experiment::{ExperimentView, FileChange};
+use crate::rollout::{self, Record, RolloutState, Transition, MAX_HISTORY};
+use crate::state::{Active, Router};
+use abgate_common::{ApiError, ErrorKind};
+
+/// One gate's evidence on the current step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gate {
+    /// Guardrail name.
+    pub name: String,
+    /// Its metric.
+    pub metric: Metric,
+    /// Its allowance, in the metric's unit, counted in the worse direction.
+    pub max_degradation: f64,
+    /// Arm − control estimate.
+    pub estimate: Option<f64>,
+    /// Low end of the confidence sequence at the guardrail's level.
+    pub ci_low: Option<f64>,
+    /// High end.
+    pub ci_high: Option<f64>,
+    /// The comparison has a verdict (enough observations and buckets).
+    pub enough_data: bool,
+    /// The guardrail already tripped in this phase.
+    #[serde(default)]
+    pub tripped: bool,
+    /// The per-phase estimates behind the interval, oldest first, when it combines
+    /// several steps (empty: the current phase's own interval).
+    #[serde(default)]
+    pub strata: Vec<Stratum>,
+}
+
+/// One phase's (one step's) estimate of arm − control on a gate's metric.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stratum {
+    /// The phase's content id.
+    pub phase_id: String,
+    /// Arm − control in the phase.
+    pub estimate: f64,
+    /// Its standard error (by user).
+    pub std_error: f64,
+    /// Effective pairs of independent observations in the phase.
+    pub effective_n: f64,
+    /// Degrees of freedom of the phase's t correction.
+    pub degrees_of_freedom: f64,
+    /// The phase's own anytime-valid interval, as the experiment showed it.
+    pub ci_low: Option<f64>,
+    /// Its high end.
+    pub ci_high: Option<f64>,
+}
+
+/// Evidence carried across steps, stratified by phase: the inverse-variance weighted
+/// mean of the per-phase estimates (each phase compares candidate and control over
+/// the same time, so a trend between steps cancels), with the anytime-valid interval
+/// of the router's boundary at level `alpha` and at the summed effective size (a
+/// phase adds its information to one running sum). `None` without a stratum with a
+/// positive, finite standard error.
+pub fn combine(strata: &[Stratum], alpha: f64) -> Option<(f64, f64, f64)> {
+    let usable: Vec<&Stratum> = strata
+        .iter()
+        .filter(|s| {
+            s.std_error.is_finite()
+                && s.std_error > 0.0
+                && s.estimate.is_finite()
+                && s.effective_n > 0.0
+                && s.degrees_of_freedom > 0.0
+        })
+        .collect();
+    if usable.is_empty() {
+        return None;
+    }
+    let weight: f64 = usable
+        .iter()
+        .map(|s| 1.0 / (s.std_error * s.std_error))
+        .sum();
+    let estimate = usable
+        .iter()
+        .map(|s| s.estimate / (s.std_error * s.std_error))
+        .sum::<f64>()
+        / weight;
+    let std_error = weight.sqrt().recip();
+    let n: f64 = usable.iter().map(|s| s.effective_n).sum();
+    let df: f64 = usable.iter().map(|s| s.degrees_of_freedom).sum();
+    let boundary = abgate_stats::Boundary::default()
+        .with_alpha(alpha)
+        .unwrap_or_default();
+    let multiplier = student_t_matching_normal(boundary.multiplier(n), df);
+    let half = std_error * multiplier;
+    half.is_finite()
+        .then_some((estimate, estimate - half, estimate + half))
+}
+
+/// A phase's stratum from its comparison: the standard error from the fixed-horizon
+/// interval at level `alpha` (`half = se · t(α/2, df)`).
+fn stratum(c: &crate::experiment::ComparisonView, phase_id: &str, alpha: f64) -> Option<Stratum> {
+    if c.verdict == Verdict::NotEnoughData {
+        return None;
+    }
+    let (low, high) = (c.fixed_low?, c.fixed_high?);
+    let df = c.degrees_of_freedom?;
+    let t = student_t_isf(alpha / 2.0, df);
+    let std_error = (high - low) / 2.0 / t;
+    Some(Stratum {
+        phase_id: phase_id.to_string(),
+        estimate: c.estimate?,
+        std_error,
+        effective_n: c.effective_n?,
+        degrees_of_freedom: df,
+        ci_low: c.ci_low,
+        ci_high: c.ci_high,
+    })
+}
+
+/// Where a gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateStatus {
+    /// The whole sequence lies on the good side of the allowance.
+    NotWorse,
+    /// The whole sequence lies beyond the allowance: the gate trips.
+    Worse,
+    /// The sequence still reaches the allowance.
+    NotShownYet,
+    /// No verdict yet.
+    NotEnoughData,
+}
+
+impl Gate {
+    /// The gate's status now.
+    pub fn status(&self) -> GateStatus {
+        if self.tripped {
+            return GateStatus::Worse;
+        }
+        match (self.enough_data, self.ci_low, self.ci_high) {
+            (true, Some(low), Some(high)) => {
+                if beyond_degradation(self.metric, low, high, self.max_degradation) {
+                    GateStatus::Worse
+                } else if within_degradation(self.metric, low, high, self.max_degradation) {
+                    GateStatus::NotWorse
+                } else {
+                    GateStatus::NotShownYet
+                }
+            }
+            _ => GateStatus::NotEnoughData,
+        }
+    }
+
+    fn interval(&self) -> String {
+        let over = if self.strata.len() > 1 {
+            format!(" over {} steps", self.strata.len())
+        } else {
+            String::new()
+        };
+        match (self.ci_low, self.ci_high) {
+            (Some(l), Some(h)) => format!(
+                "interval [{}, {}]{over}",
+                amount(self.metric, l),
+                amount(self.metric, h)
+            ),
+            _ => "no interval yet".into(),
+        }
+    }
+}
+
+/// The evidence a decision is taken on (the current phase's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Evidence {
+    /// The phase's content id.
+    pub phase_id: String,
+    /// Distinct users assigned to the candidate in the phase (estimated from the
+    /// user sample).
+    pub candidate_users: u64,
+    /// The SRM test alarms.
+    pub srm_alarm: bool,
+    /// Its anytime-valid p-value.
+    pub srm_p_value: f64,
+    /// Each gate, in `gates` order.
+    pub gates: Vec<Gate>,
+    /// The latest trip of a guardrail on the arm (any phase): its Unix time and what
+    /// it was, in words.
+    #[serde(default)]
+    pub last_trip: Option<(f64, String)>,
+    /// Users assigned to the candidate in the phase before this one (the users a
+    /// step exposed, once the step has ended).
+    #[serde(default)]
+    pub previous_phase_users: u64,
+}
+
+/// What the controller does on a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Move to step `to`.
+    Advance {
+        /// The next step's index.
+        to: usize,
+    },
+    /// Stay; each string is one thing the next decision waits for.
+    Hold(Vec<String>),
+    /// A gate is worse than allowed: the candidate's weight goes to 0.
+    RollBack(String),
+    /// The last step is shown not worse: promote or hold (`on_complete`).
+    Complete,
+}
+
+/// A metric's short name for people.
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::ErrorRate => "error rate",
+        Metric::LatencyMeanSeconds => "latency",
+        Metric::AbsoluteError => "absolute error",
+        Metric::Rating => "rating",
+        Metric::AccurateShare => "accurate share",
+    }
+}
+
+/// A signed difference in the metric's display unit.
+fn amount(metric: Metric, x: f64) -> String {
+    match metric {
+        Metric::ErrorRate | Metric::AccurateShare => format!("{:+.2} points", x * 100.0),
+        Metric::LatencyMeanSeconds => format!("{:+.1} ms", x * 1000.0),
+        Metric::AbsoluteError | Metric::Rating => format!("{x:+.3}"),
+    }
+}
+
+/// The allowance in words: `+5.0 ms` for a lower-is-better metric, `-0.300` for a
+/// higher-is-better one.
+fn allowance(metric: Metric, max_degradation: f64) -> String {
+    if metric.higher_is_better() {
+        amount(metric, -max_degradation)
+    } else {
+        amount(metric, max_degradation)
+    }
+}
+
+/// The pure rule of one tick on step `step` of a `state` rollout that has been on the
+/// step for `seconds_in_step`, given the step's `evidence`.
+pub fn decide(
+    config: &RolloutConfig,
+    state: RolloutState,
+    step: usize,
+    seconds_in_step: f64,
+    evidence: &Evidence,
+) -> Decision {
+    if state != RolloutState::Running {
+        return Decision::Hold(vec![format!("the rollout is {}", state.as_str())]);
+    }
+    // A gate beyond its allowance rolls back at once, whatever else.
+    if let Some(g) = evidence
+        .gates
+        .iter()
+        .find(|g| g.status() == GateStatus::Worse)
+    {
+        return Decision::RollBack(format!(
+            "{}: {} worse than the allowed {} ({})",
+            g.name,
+            metric_name(g.metric),
+            allowance(g.metric, g.max_degradation),
+            g.interval()
+        ));
+    }
+    let mut waiting = Vec::new();
+    let hold = config.min_step.as_secs_f64() - seconds_in_step;
+    if hold > 0.0 {
+        waiting.push(format!("hold {:.0} s more", hold.ceil()));
+    }
+    if evidence.candidate_users < config.min_users_per_step {
+        waiting.push(format!(
+            "candidate users {}/{}",
+            evidence.candidate_users, config.min_users_per_step
+        ));
+    }
+    if evidence.srm_alarm {
+        waiting.push(format!(
+            "SRM alarm (p = {:.1e}): users do not match the weights; holding (an operator can abort)",
+            evidence.srm_p_value
+        ));
+    }
+    for g in &evidence.gates {
+        match g.status() {
+            GateStatus::NotWorse | GateStatus::Worse => {}
+            GateStatus::NotEnoughData => waiting.push(format!(
+                "{} not enough data yet ({})",
+                metric_name(g.metric),
+                g.name
+            )),
+            GateStatus::NotShownYet => waiting.push(format!(
+                "{} not yet shown within {} ({}, {})",
+                metric_name(g.metric),
+                allowance(g.metric, g.max_degradation),
+                g.name,
+                g.interval()
+            )),
+        }
+    }
+    if !waiting.is_empty() {
+        return Decision::Hold(waiting);
+    }
+    let next = step + 1;
+    match config.steps.get(next) {
+        Some(p) if *p < 100.0 => Decision::Advance { to: next },
+        _ => Decision::Complete,
+    }
+}
+
+/// The decision inputs from the experiment's view: the candidate's users, SRM, and
+/// each of `gates` (guardrail names) with its comparison at the guardrail's level —
+/// combined, stratified by phase, with the ended phases that started at or after
+/// `since` (the rollout's start; `f64::INFINITY`: the current phase only). The one
+/// place that reads the experiment's types.
+pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: f64) -> Evidence {
+    let users_of = |arms: &[crate::experiment::ArmFigures]| {
+        arms.iter()
+            .find(|a| a.variant == arm)
+            .map_or(0, |a| a.users.estimate.max(0.0).round() as u64)
+    };
+    let candidate_users = users_of(&view.arms);
+    let previous_phase_users = view.history.first().map_or(0, |p| users_of(&p.arms));
+    let gates = gates
+        .iter()
+        .map(|name| {
+            let g = view.guardrails.iter().find(|g| &g.name == name);
+            let c = g.and_then(|g| g.comparison.as_ref());
+            let mut gate = Gate {
+                name: name.clone(),
+                metric: g.map_or(Metric::ErrorRate, |g| g.metric),
+                max_degradation: g.map_or(0.0, |g| g.max_degradation),
+                estimate: c.and_then(|c| c.estimate),
+                ci_low: c.and_then(|c| c.ci_low),
+                ci_high: c.and_then(|c| c.ci_high),
+                enough_data: c.is_some_and(|c| c.verdict != Verdict::NotEnoughData),
+                tripped: g.is_some_and(|g| g.state == "tripped"),
+                strata: Vec::new(),
+            };
+            let Some(g) = g else {
+                return gate;
+            };
+            let alpha = g
+                .alpha
+                .unwrap_or(abgate_stats::sequence::DEFAULT_ALPHA / g.family_size.max(1) as f64);
+            // Oldest first: the ended phases of the rollout, then the current one.
+            let mut strata: Vec<Stratum> = view
+                .history
+                .iter()
+                .rev()
+                .filter(|p| p.started_at >= since && p.ended_at.is_some())
+                .filter_map(|p| {
+                    let c = p
+                        .comparisons
+                        .iter()
+                        .find(|c| c.metric == g.metric && c.variant == arm)?;
+                    stratum(c, &p.phase_id, p.family.alpha)
+                })
+                .collect();
+            if strata.is_empty() {
+                return gate;
+            }
+            if let Some(now) = c.and_then(|c| stratum(c, &view.phase_id, alpha)) {
+                // A degenerate current phase (no variance yet) decides alone.
+                if now.std_error.is_nan() || now.std_error <= 0.0 {
+                    return gate;
+                }
+                strata.push(now);
+            }
+            if let Some((estimate, low, high)) = combine(&strata, alpha) {
+                gate.estimate = Some(estimate);
+                gate.ci_low = Some(low);
+                gate.ci_high = Some(high);
+                gate.enough_data = true;
+                gate.strata = strata;
+            }
+            gate
+        })
+        .collect();
+    let last_trip = view
+        .guardrails
+        .iter()
+        .filter(|g| g.arm == arm)
+        .filter_map(|g| g.last_trip.as_ref().map(|t| (g, t)))
+        .max_by(|a, b| a.1.time.total_cmp(&b.1.time))
+        .map(|(g, t)| {
+            let gate = Gate {
+                name: g.name.clone(),
+                metric: g.metric,
+                max_degradation: g.max_degradation,
+                estimate: t.estimate,
+                ci_low: t.interval[0],
+                ci_high: t.interval[1],
+                enough_data: true,
+                tripped: true,
+                strata: Vec::new(),
+            };
+            let text = format!(
+                "guardrail {} tripped ({} worse than the allowed {}, {})",
+                g.name,
+                metric_name(g.metric),
+                allowance(g.metric, g.max_degradation),
+                gate.interval()
+            );
+            (t.time, text)
+        });
+    Evidence {
+        phase_id: view.phase_id.clone(),
+        candidate_users,
+        srm_alarm: view.srm.alarm,
+        srm_p_value: view.srm.p_value,
+        gates,
+        last_trip,
+        previous_phase_users,
+    }
+}
+
+/// The evidence for `arm` and `gates`: the current phase's, combined with the phases
+/// since `since`.
+fn evidence(router: &Router, active: &Active, arm: &str, gates: &[String], since: f64) -> Evidence {
+    let view = router
+        .experiment
+        .view(&active.phase, &active.config, active.version);
+    evidence_from(&view, arm, gates, since)
+}
+
+/// The first of `steps` at or above `percent`: the step a rollout can take without
+/// moving any user back from the candidate.
+fn first_step_at_least(steps: &[f64], percent: f64) -> Option<usize> {
+    steps.iter().position(|s| *s >= percent - 1e-6)
+}
+
+/// When the rollout in `record` started (its first step), or never.
+fn started_at(record: &Record) -> f64 {
+    if record.started_at > 0.0 {
+        record.started_at
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn weights_of(config: &RouterConfig) -> Vec<(String, f64)> {
+    config
+        .arms
+        .iter()
+        .map(|a| (a.name.clone(), a.weight))
+        .collect()
+}
+
+/// The candidate's percent of users in `active`.
+fn candidate_percent(active: &Active, arm: &str) -> Option<f64> {
+    let i = active.config.arm_index(arm)?;
+    active.split.shares().get(i).map(|s| s * 100.0)
+}
+
+/// Sets the candidate's share to `percent` (others scaled), in the file and in memory.
+fn apply_percent(router: &Router, arm: &str, percent: f64) -> (FileChange, Option<String>) {
+    let active = router.active();
+    let Some(i) = active.config.arm_index(arm) else {
+        return (
+            FileChange::None,
+            Some(format!("arm {arm:?} is no longer in the config")),
+        );
+    };
+    let weights = step_weights(&active.config.weights(), i, percent);
+    let changes: Vec<(String, f64)> = active
+        .config
+        .arms
+        .iter()
+        .map(|a| a.name.clone())
+        .zip(weights)
+        .collect();
+    match super::guardrails::set_weights(router, &changes) {
+        Ok(outcome) => outcome,
+        Err(e) => (FileChange::None, Some(e)),
+    }
+}
+
+fn file_name(f: &FileChange) -> &'static str {
+    match f {
+        FileChange::Written => "written",
+        FileChange::InMemoryOnly => "in_memory_only",
+        FileChange::None => "none",
+    }
+}
+
+/// Who made a transition.
+#[derive(Debug, Clone, Copy)]
+enum By {
+    Controller,
+    Operator,
+}
+
+/// Records a transition of `record` to `to`: history, audit line, log line. The
+/// caller saves the record and shows the gauges.
+fn transition(
+    router: &Router,
+    record: &mut Record,
+    to: RolloutState,
+    reason: String,
+    by: By,
+    evidence: Option<&Evidence>,
+    file: (FileChange, Option<String>),
+) {
+    let active = router.active();
+    let from = record.state;
+    record.state = to;
+    let promoted = active
+        .config
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.on_complete == OnComplete::Promote)
+        || record.steps.last().is_some_and(|p| *p >= 100.0);
+    let t = Transition {
+        time: unix_now(),
+        event: "rollout".into(),
+        arm: record.arm.clone(),
+        from,
+        to,
+        step: record.step,
+        percent: record.percent(promoted),
+        reason,
+        by: match by {
+            By::Controller => "controller".into(),
+            By::Operator => "operator".into(),
+        },
+        weights: weights_of(&active.config),
+        phase_id: evidence.map_or_else(|| active.phase.id.clone(), |e| e.phase_id.clone()),
+        candidate_users: evidence.map_or(0, |e| e.candidate_users),
+        file: file_name(&file.0).into(),
+        note: file.1,
+    };
+    let weights: Vec<String> = t.weights.iter().map(|(a, w)| format!("{a}={w}")).collect();
+    if to == RolloutState::RolledBack {
+        tracing::warn!(arm = %t.arm, from = from.as_str(), to = to.as_str(), step = t.step, percent = t.percent, candidate_users = t.candidate_users, weights = %weights.join(" "), file = %t.file, note = t.note.as_deref().unwrap_or(""), reason = %t.reason, "rollout rolled back");
+    } else {
+        tracing::info!(arm = %t.arm, from = from.as_str(), to = to.as_str(), step = t.step, percent = t.percent, candidate_users = t.candidate_users, weights = %weights.join(" "), file = %t.file, note = t.note.as_deref().unwrap_or(""), reason = %t.reason, "rollout transition");
+    }
+    let log = &active.config.analysis.audit_log;
+    if let Err(e) = super::guardrails::append_json(log, &t) {
+        tracing::error!(file = %log.display(), error = %e, "cannot append to the audit log");
+    }
+    record.history.push(t);
+    if record.history.len() > MAX_HISTORY {
+        let extra = record.history.len() - MAX_HISTORY;
+        record.history.drain(..extra);
+    }
+}
+
+/// Shows `record` in the gauges.
+fn show(router: &Router, config: &RouterConfig, record: &Record) {
+    let promoted = config
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.on_complete == OnComplete::Promote)
+        || record.steps.last().is_some_and(|p| *p >= 100.0);
+    router.rollout.gauges.show(Some(record), promoted);
+}
+
+/// Saves `record` beside the config and shows it in the gauges.
+fn persist(router: &Router, config: &RouterConfig, record: &Record) {
+    show(router, config, record);
+    let path = rollout::state_path(&config.path);
+    if let Err(e) = rollout::save(&path, record) {
+        tracing::error!(file = %path.display(), error = %e, "cannot write the rollout state; it is kept in memory only");
+    }
+}
+
+/// The record for `config`'s rollout: the one in memory, else the state file's (a
+/// restart resumes its step: the step's weights are applied again if the config in
+/// force lacks them), else a new pending one.
+fn current<'r>(
+    router: &Router,
+    config: &RolloutConfig,
+    slot: &'r mut Option<Record>,
+) -> &'r mut Record {
+    if slot.as_ref().is_some_and(|r| r.is_for(config)) {
+        return slot.get_or_insert_with(|| Record::pending(config));
+    }
+    let path = rollout::state_path(&router.active().config.path);
+    let loaded = if slot.is_none() {
+        match rollout::load(&path) {
+            Ok(r) => r.filter(|r| r.is_for(config)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the rollout state file");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let record = match loaded {
+        Some(mut r) => {
+            tracing::info!(arm = %r.arm, state = r.state.as_str(), step = r.step, file = %path.display(), "rollout state resumed");
+            if matches!(r.state, RolloutState::Running | RolloutState::Paused) {
+                let now = candidate_percent(&router.active(), &r.arm).unwrap_or(0.0);
+                // Raised by hand while the router was down: never back down.
+                if now > r.steps.get(r.step).copied().unwrap_or(0.0) + 1e-6 {
+                    if let Some(i) = first_step_at_least(&r.steps, now) {
+                        r.step = i;
+                    }
+                }
+                let want = r.steps.get(r.step).copied().unwrap_or(0.0);
+                if (now - want).abs() > 1e-6 && now > 0.0 && now < want {
+                    let (file, note) = apply_percent(router, &r.arm, want);
+                    tracing::info!(arm = %r.arm, percent = want, file = file_name(&file), note = note.as_deref().unwrap_or(""), "rollout step applied again after a restart");
+                    r.step_started_at = unix_now();
+                }
+            }
+            r
+        }
+        None => Record::pending(config),
+    };
+    slot.insert(record)
+}
+
+/// What of `record` the state file holds (a change is written; what the next
+/// decision waits for is not).
+fn persisted(record: &Record) -> (RolloutState, usize, u64, u64, usize) {
+    (
+        record.state,
+        record.step,
+        record.step_started_at.to_bits(),
+        record.started_at.to_bits(),
+        record.history.len(),
+    )
+}
+
+/// One tick of the rollout (nothing without `[rollout]`).
+pub fn tick(router: &Router) {
+    let active = router.active();
+    let Some(config) = active.config.rollout.clone() else {
+        return;
+    };
+    let mut slot = router.rollout.lock();
+    let record = current(router, &config, &mut slot);
+    let before = persisted(record);
+    step(router, &config, record);
+    if persisted(record) != before {
+        persist(router, &router.active().config, record);
+    } else {
+        show(router, &router.active().config, record);
+    }
+}
+
+/// Starts, checks or finishes the rollout in `record`.
+fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
+    let now = unix_now();
+    match record.state {
+        RolloutState::Pending => {
+            // Users never move back: a candidate that already has users starts at the
+            // first step that does not take any from it.
+            let had = candidate_percent(&router.active(), &config.arm).unwrap_or(0.0);
+            record.step_started_at = now;
+            record.started_at = now;
+            let Some(i) = first_step_at_least(&config.steps, had) else {
+                record.step = config.steps.len().saturating_sub(1);
+                let reason = format!(
+                    "{} already has {had:.3}% of users, beyond the last step: nothing to ramp",
+                    config.arm
+                );
+                transition(
+                    router,
+                    record,
+                    RolloutState::Completed,
+                    reason,
+                    By::Controller,
+                    None,
+                    (FileChange::None, None),
+                );
+                return;
+            };
+            let percent = config.steps[i];
+            let file = apply_percent(router, &config.arm, percent);
+            record.step = i;
+            let to = if percent >= 100.0 {
+                RolloutState::Completed
+            } else {
+                RolloutState::Running
+            };
+            let reason = if i == 0 {
+                format!("started: {} gets {percent}% of users", config.arm)
+            } else {
+                format!(
+                    "started at step {}: {} gets {percent}% of users (it had {had:.3}% already, and users never move back)",
+                    i + 1,
+                    config.arm
+                )
+            };
+            transition(router, record, to, reason, By::Controller, None, file);
+            record.waiting.clear();
+        }
+        RolloutState::Running => {
+            let active = router.active();
+            let want = record.steps.get(record.step).copied().unwrap_or(0.0);
+            let Some(now_percent) = candidate_percent(&active, &config.arm) else {
+                return;
+            };
+            if active
+                .config
+                .arm_index(&config.arm)
+                .is_some_and(|i| active.config.arms[i].weight == 0.0)
+            {
+                let mut evidence = evidence(
+                    router,
+                    &active,
+                    &config.arm,
+                    &config.gates,
+                    started_at(record),
+                );
+                let why = evidence
+                    .last_trip
+                    .as_ref()
+                    .filter(|(at, _)| *at >= record.step_started_at)
+                    .map_or(
+                        "a config edit (no guardrail tripped on the step)",
+                        |(_, t)| t.as_str(),
+                    );
+                let exposed = record.last_users.max(evidence.previous_phase_users);
+                let reason = format!(
+                    "{}'s weight became 0 outside the rollout: {why}; rolled back at {want}% with about {exposed} candidate users exposed on the step",
+                    config.arm,
+                );
+                evidence.candidate_users = exposed;
+                transition(
+                    router,
+                    record,
+                    RolloutState::RolledBack,
+                    reason,
+                    By::Controller,
+                    Some(&evidence),
+                    (FileChange::None, None),
+                );
+                return;
+            }
+            if (now_percent - want).abs() > 1e-6 {
+                let reason = format!(
+                    "{} has {now_percent:.3}% of users but step {} is {want}%: the weights changed outside the rollout; resume applies the step again",
+                    config.arm, record.step
+                );
+                transition(
+                    router,
+                    record,
+                    RolloutState::Paused,
+                    reason,
+                    By::Controller,
+                    None,
+                    (FileChange::None, None),
+                );
+                return;
+            }
+            let evidence = evidence(
+                router,
+                &active,
+                &config.arm,
+                &config.gates,
+                started_at(record),
+            );
+            record.last_users = evidence.candidate_users;
+            let seconds = (now - record.step_started_at).max(0.0);
+            match decide(config, record.state, record.step, seconds, &evidence) {
+                Decision::Hold(waiting) => record.waiting = waiting,
+                Decision::RollBack(reason) => {
+                    let file = match super::guardrails::rollback(router, &config.arm) {
+                        Ok(outcome) => outcome,
+                        Err(e) => (FileChange::None, Some(e)),
+                    };
+                    transition(
+                        router,
+                        record,
+                        RolloutState::RolledBack,
+                        format!(
+                            "{reason}; rolled back at {want}% with {} candidate users exposed on the step",
+                            evidence.candidate_users
+                        ),
+                        By::Controller,
+                        Some(&evidence),
+                        file,
+                    );
+                    record.waiting.clear();
+                }
+                Decision::Advance { to } => {
+                    let percent = record.steps.get(to).copied().unwrap_or(want);
+                    let file = apply_percent(router, &config.arm, percent);
+                    record.step = to;
+                    record.step_started_at = unix_now();
+                    let reason = format!(
+                        "step {want}% shown not worse on {} candidate users{}; advancing to {percent}%",
+                        evidence.candidate_users,
+                        gates_summary(&evidence)
+                    );
+                    transition(
+                        router,
+                        record,
+                        RolloutState::Running,
+                        reason,
+                        By::Controller,
+                        Some(&evidence),
+                        file,
+                    );
+                    record.waiting.clear();
+                }
+                Decision::Complete => {
+                    let promote = config.on_complete == OnComplete::Promote
+                        || record.steps.get(record.step + 1).is_some();
+                    let (file, reason) = if promote {
+                        (
+                            apply_percent(router, &config.arm, 100.0),
+                            format!(
+                                "step {want}% shown not worse on {} candidate users{}; promoted: {} takes every user",
+                                evidence.candidate_users,
+                                gates_summary(&evidence),
+                                config.arm
+                            ),
+                        )
+                    } else {
+                        (
+                            (FileChange::None, None),
+                            format!(
+                                "last step {want}% shown not worse on {} candidate users{}; holding it (on_complete = \"hold\")",
+                                evidence.candidate_users,
+                                gates_summary(&evidence)
+                            ),
+                        )
+                    };
+                    if promote {
+                        record.step = record.steps.len().saturating_sub(1);
+                    }
+                    transition(
+                        router,
+                        record,
+                        RolloutState::Completed,
+                        reason,
+                        By::Controller,
+                        Some(&evidence),
+                        file,
+                    );
+                    record.waiting.clear();
+                }
+            }
+        }
+        RolloutState::Paused => {
+            record.waiting = vec!["paused: POST /api/rollout/resume to continue".into()];
+        }
+        RolloutState::Completed | RolloutState::RolledBack => record.waiting.clear(),
+    }
+}
+
+fn gates_summary(e: &Evidence) -> String {
+    if e.gates.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = e
+        .gates
+        .iter()
+        .map(|g| format!("{} {}", g.name, g.interval()))
+        .collect();
+    format!(" ({})", parts.join("; "))
+}
+
+/// An operator's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop advancing; the weights stay.
+    Pause,
+    /// Continue (the step's weights applied again if they changed).
+    Resume,
+    /// Roll the candidate back to weight 0 and end the rollout.
+    Abort,
+}
+
+fn conflict(message: String) -> RouterError {
+    RouterError::Request(ApiError::new(ErrorKind::Conflict, message))
+}
+
+/// Carries out an operator's `action` and returns the rollout's view.
+pub fn act(router: &Router, action: Action) -> Result<RolloutView, RouterError> {
+    let active = router.active();
+    let Some(config) = active.config.rollout.clone() else {
+        return Err(conflict("no [rollout] in the config".into()));
+    };
+    {
+        let mut slot = router.rollout.lock();
+        let record = current(router, &config, &mut slot);
+        let state = record.state;
+        match (action, state) {
+            (Action::Pause, RolloutState::Pending | RolloutState::Running) => {
+                transition(
+                    router,
+                    record,
+                    RolloutState::Paused,
+                    "paused by an operator".into(),
+                    By::Operator,
+                    None,
+                    (FileChange::None, None),
+                );
+            }
+            (Action::Resume, RolloutState::Paused) => {
+                let now = candidate_percent(&router.active(), &config.arm).unwrap_or(0.0);
+                // Weights raised by hand meanwhile: resume at the first step that
+                // takes no user from the candidate.
+                if now > record.steps.get(record.step).copied().unwrap_or(0.0) + 1e-6 {
+                    if let Some(i) = first_step_at_least(&record.steps, now) {
+                        record.step = i;
+                    }
+                }
+                let want = record.steps.get(record.step).copied().unwrap_or(0.0);
+                let (to, file) = if record.started_at <= 0.0 {
+                    (RolloutState::Pending, (FileChange::None, None))
+                } else if now > want + 1e-6 {
+                    return Err(conflict(format!(
+                        "{} has {now:.3}% of users, beyond the last step: resuming would move users back; abort, or end the rollout by hand",
+                        config.arm
+                    )));
+                } else if (now - want).abs() > 1e-6 {
+                    record.step_started_at = unix_now();
+                    (
+                        RolloutState::Running,
+                        apply_percent(router, &config.arm, want),
+                    )
+                } else {
+                    (RolloutState::Running, (FileChange::None, None))
+                };
+                transition(
+                    router,
+                    record,
+                    to,
+                    "resumed by an operator".into(),
+                    By::Operator,
+                    None,
+                    file,
+                );
+            }
+            (
+                Action::Abort,
+                RolloutState::Pending | RolloutState::Running | RolloutState::Paused,
+            ) => {
+                let file = match super::guardrails::rollback(router, &config.arm) {
+                    Ok(outcome) => outcome,
+                    Err(e) => (FileChange::None, Some(e)),
+                };
+                transition(
+                    router,
+                    record,
+                    RolloutState::RolledBack,
+                    "aborted by an operator".into(),
+                    By::Operator,
+                    None,
+                    file,
+                );
+            }
+            (action, state) => {
+                return Err(conflict(format!(
+                    "cannot {} a rollout that is {}",
+                    match action {
+                        Action::Pause => "pause",
+                        Action::Resume => "resume",
+                        Action::Abort => "abort",
+                    },
+                    state.as_str()
+                )));
+            }
+        }
+        record.waiting.clear();
+        persist(router, &router.active().config, record);
+    }
+    Ok(view(router))
+}
+
+/// An arm's weight and share, for the view.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightView {
+    /// Arm name.
+    pub arm: String,
+    /// Configured weight.
+    pub weight: f64,
+    /// Share of users, percent.
+    pub percent: f64,
+}
+
+/// `GET /api/rollout`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    /// Whether `[rollout]` is configured.
+    pub configured: bool,
+    /// The candidate arm.
+    pub arm: Option<String>,
+    /// `pending`, `running`, `paused`, `completed` or `rolled_back`.
+    pub state: Option<RolloutState>,
+    /// Current step index.
+    pub step: Option<usize>,
+    /// The steps (percent of users).
+    pub steps: Vec<f64>,
+    /// The candidate's percent of users now.
+    pub percent: Option<f64>,
+    /// Unix time the step started.
+    pub step_started_at: Option<f64>,
+    /// Seconds on the step.
+    pub seconds_in_step: Option<f64>,
+    /// The rollout's settings.
+    pub config: Option<RolloutConfig>,
+    /// Weights in force.
+    pub weights: Vec<WeightView>,
+    /// What the next decision waits for (empty: nothing, or the rollout is over).
+    pub waiting_for: Vec<String>,
+    /// The current step's evidence (running or paused).
+    pub evidence: Option<Evidence>,
+    /// The state file.
+    pub state_file: String,
+    /// Transitions, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// The rollout's view now (the evidence and what it waits for computed fresh).
+pub fn view(router: &Router) -> RolloutView {
+    // The record first: a tick that holds it may be applying its weights, and the
+    // weights shown must be the ones in force after it.
+    let record = router.active().config.rollout.clone().map(|config| {
+        let slot = router.rollout.lock();
+        match slot.as_ref().filter(|r| r.is_for(&config)) {
+            Some(r) => r.clone(),
+            // Before the first tick: what the state file says, changing nothing.
+            None => rollout::load(&rollout::state_path(&router.active().config.path))
+                .ok()
+                .flatten()
+                .filter(|r| r.is_for(&config))
+                .unwrap_or_else(|| Record::pending(&config)),
+        }
+    });
+    let active = router.active();
+    let weights = active
+        .arms
+        .iter()
+        .map(|a| WeightView {
+            arm: a.config.name.clone(),
+            weight: a.config.weight,
+            percent: a.share * 100.0,
+        })
+        .collect();
+    let state_file = rollout::state_path(&active.config.path)
+        .display()
+        .to_string();
+    let Some(config) = active.config.rollout.clone() else {
+        return RolloutView {
+            configured: false,
+            arm: None,
+            state: None,
+            step: None,
+            steps: Vec::new(),
+            percent: None,
+            step_started_at: None,
+            seconds_in_step: None,
+            config: None,
+            weights,
+            waiting_for: Vec::new(),
+            evidence: None,
+            state_file,
+            history: Vec::new(),
+        };
+    };
+    let Some(record) = record.filter(|r| r.is_for(&config)) else {
+        return RolloutView {
+            configured: true,
+            arm: Some(config.arm.clone()),
+            state: None,
+            step: None,
+            steps: config.steps.clone(),
+            percent: candidate_percent(&active, &config.arm),
+            step_started_at: None,
+            seconds_in_step: None,
+            config: Some(config),
+            weights,
+            waiting_for: vec!["the config changed under this request; ask again".into()],
+            evidence: None,
+            state_file,
+            history: Vec::new(),
+        };
+    };
+    let seconds =
+        (record.step_started_at > 0.0).then(|| (unix_now() - record.step_started_at).max(0.0));
+    let (evidence, waiting_for) = match record.state {
+        RolloutState::Running | RolloutState::Paused => {
+            let e = evidence(
+                router,
+                &active,
+                &config.arm,
+                &config.gates,
+                started_at(&record),
+            );
+            let waiting = match decide(
+                &config,
+                RolloutState::Running,
+                record.step,
+                seconds.unwrap_or(0.0),
+                &e,
+            ) {
+                Decision::Hold(w) if record.state == RolloutState::Running => w,
+                Decision::Hold(mut w) => {
+                    w.insert(0, "paused: POST /api/rollout/resume to continue".into());
+                    w
+                }
+                _ if record.state == RolloutState::Paused => {
+                    vec!["paused: POST /api/rollout/resume to continue".into()]
+                }
+                Decision::RollBack(r) => vec![format!("the next tick rolls back: {r}")],
+                Decision::Advance { to } => vec![format!(
+                    "nothing: the next tick advances to {}%",
+                    config.steps.get(to).copied().unwrap_or(0.0)
+                )],
+                Decision::Complete => vec!["nothing: the next tick completes the rollout".into()],
+            };
+            (Some(e), waiting)
+        }
+        RolloutState::Pending => (None, vec!["the first tick starts the rollout".into()]),
+        _ => (None, Vec::new()),
+    };
+    RolloutView {
+        configured: true,
+        arm: Some(config.arm.clone()),
+        state: Some(record.state),
+        step: Some(record.step),
+        steps: config.steps.clone(),
+        percent: candidate_percent(&active, &config.arm),
+        step_started_at: (record.step_started_at > 0.0).then_some(record.step_started_at),
+        seconds_in_step: seconds,
+        config: Some(config),
+        weights,
+        waiting_for,
+        evidence,
+        state_file,
+        history: record.history,
+    }
+}
+
+/// `GET /api/experiment/verdict?arm=…`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerdictView {
+    /// `pass`, `fail` or `inconclusive`.
+    pub verdict: &'static str,
+    /// Why, one line each.
+    pub reasons: Vec<String>,
+    /// The arm judged.
+    pub arm: String,
+    /// The gates judged.
+    pub gates: Vec<Gate>,
+}
+
+/// The verdict on `evidence`: `pass` when every gate is shown not worse (and SRM is
+/// fine), `fail` when a gate is worse than allowed or SRM alarms, else
+/// `inconclusive`. Without any gate there is no pass.
+pub fn judge(arm: &str, evidence: &Evidence, rolled_back: bool) -> VerdictView {
+    let mut fail = Vec::new();
+    let mut open = Vec::new();
+    if rolled_back {
+        fail.push(format!("the rollout of {arm} was rolled back"));
+    }
+    if evidence.srm_alarm {
+        fail.push(format!(
+            "SRM alarm (p = {:.1e}): users do not match the weights",
+            evidence.srm_p_value
+        ));
+    }
+    if evidence.gates.is_empty() {
+        open.push(format!("no guardrail watches {arm}: nothing can pass"));
+    }
+    let mut passed = Vec::new();
+    for g in &evidence.gates {
+        match g.status() {
+            GateStatus::Worse => fail.push(format!(
+                "{}: {} worse than the allowed {} ({})",
+                g.name,
+                metric_name(g.metric),
+                allowance(g.metric, g.max_degradation),
+                g.interval()
+            )),
+            GateStatus::NotWorse => passed.push(format!(
+                "{}: {} shown within {} ({})",
+                g.name,
+                metric_name(g.metric),
+                allowance(g.metric, g.max_degradation),
+                g.interval()
+            )),
+            GateStatus::NotShownYet => open.push(format!(
+                "{}: {} not yet shown within {} ({})",
+                g.name,
+                metric_name(g.metric),
+                allowance(g.metric, g.max_degradation),
+                g.interval()
+            )),
+            GateStatus::NotEnoughData => open.push(format!(
+                "{}: {} not enough data yet",
+                g.name,
+                metric_name(g.metric)
+            )),
+        }
+    }
+    let (verdict, reasons) = if !fail.is_empty() {
+        ("fail", fail)
+    } else if !open.is_empty() {
+        ("inconclusive", open)
+    } else {
+        ("pass", passed)
+    };
+    VerdictView {
+        verdict,
+        reasons,
+        arm: arm.to_string(),
+        gates: evidence.gates.clone(),
+    }
+}
+
+/// The verdict on `arm` now: its gates are the rollout's when it is the rollout's
+/// arm, else every guardrail watching it.
+pub fn verdict(router: &Router, arm: &str) -> Result<VerdictView, RouterError> {
+    let active = router.active();
+    match active.config.arm_index(arm) {
+        None => {
+            let known: Vec<&str> = active.config.arms.iter().map(|a| a.name.as_str()).collect();
+            return Err(RouterError::Request(ApiError::new(
+                ErrorKind::UnknownVariant,
+                format!("`arm` names no arm; arms are {}", known.join(", ")),
+            )));
+        }
+        Some(0) => {
+            return Err(RouterError::Request(ApiError::new(
+                ErrorKind::InvalidInput,
+                "`arm` is the control; name an arm compared with it",
+            )))
+        }
+        Some(_) => {}
+    }
+    let rollout = active.config.rollout.as_ref().filter(|r| r.arm == arm);
+    let gates: Vec<String> = match rollout {
+        Some(r) => r.gates.clone(),
+        None => active
+            .config
+            .guardrails
+            .iter()
+            .filter(|g| g.arm == arm)
+            .map(|g| g.name.clone())
+            .collect(),
+    };
+    let (rolled_back, since) = match rollout {
+        None => (false, f64::INFINITY),
+        Some(_) => router
+            .rollout
+            .lock()
+            .as_ref()
+            .filter(|r| r.arm == arm)
+            .map_or((false, f64::INFINITY), |r| {
+                (r.state == RolloutState::RolledBack, started_at(r))
+            }),
+    };
+    let e = evidence(router, &active, arm, &gates, since);
+    Ok(judge(arm, &e, rolled_back))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> RolloutConfig {
+        RolloutConfig {
+            arm: "candidate_model".into(),
+            steps: vec![1.0, 5.0, 25.0, 50.0, 100.0],
+            min_step: Duration::from_secs(300),
+            min_users_per_step: 500,
+            gates: vec!["errors".into(), "latency".into()],
+            on_complete: OnComplete::Promote,
+        }
+    }
+
+    fn gate(name: &str, metric: Metric, max: f64, low: f64, high: f64) -> Gate {
+        Gate {
+            name: name.into(),
+            metric,
+            max_degradation: max,
+            estimate: Some((low + high) / 2.0),
+            ci_low: Some(low),
+            ci_high: Some(high),
+            enough_data: true,
+            tripped: false,
+            strata: Vec::new(),
+        }
+    }
+
+    fn healthy() -> Evidence {
+        Evidence {
+            phase_id: "p".into(),
+            candidate_users: 600,
+            srm_alarm: false,
+            srm_p_value: 0.5,
+            gates: vec![
+                gate("errors", Metric::ErrorRate, 0.01, -0.004, 0.006),
+                gate("latency", Metric::LatencyMeanSeconds, 0.005, -0.002, 0.004),
+            ],
+            last_trip: None,
+            previous_phase_users: 0,
+        }
+    }
+
+    fn hold(d: Decision) -> Vec<String> {
+        match d {
+            Decision::Hold(w) => w,
+            other => panic!("expected a hold, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_healthy_step_advances_one_step_at_a_time_and_completes_before_100() {
+        let c = config();
+        let e = healthy();
+        for step in 0..3 {
+            assert_eq!(
+                decide(&c, RolloutState::Running, step, 301.0, &e),
+                Decision::Advance { to: step + 1 }
+            );
+        }
+        // The next step is 100%: that is the promotion.
+        assert_eq!(
+            decide(&c, RolloutState::Running, 3, 301.0, &e),
+            Decision::Complete
+        );
+        let mut held = c.clone();
+        held.steps = vec![1.0, 5.0, 25.0];
+        held.on_complete = OnComplete::Hold;
+        assert_eq!(
+            decide(&held, RolloutState::Running, 2, 301.0, &e),
+            Decision::Complete
+        );
+    }
+
+    #[test]
+    fn every_hold_reason_is_said_in_words() {
+        let c = config();
+        let mut e = healthy();
+        assert_eq!(
+            hold(decide(&c, RolloutState::Running, 0, 160.0, &e)),
+            ["hold 140 s more"]
+        );
+        e.candidate_users = 312;
+        assert_eq!(
+            hold(decide(&c, RolloutState::Running, 0, 400.0, &e)),
+            ["candidate users 312/500"]
+        );
+        e.candidate_users = 600;
+        e.gates[1] = gate("latency", Metric::LatencyMeanSeconds, 0.005, -0.002, 0.007);
+        let w = hold(decide(&c, RolloutState::Running, 0, 400.0, &e));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with(
+                "latency not yet shown within +5.0 ms (latency, interval [-2.0 ms, +7.0 ms])"
+            ),
+            "{w:?}"
+        );
+        e.gates[1].enough_data = false;
+        assert_eq!(
+            hold(decide(&c, RolloutState::Running, 0, 400.0, &e)),
+            ["latency not enough data yet (latency)"]
+        );
+        let mut e = healthy();
+        e.srm_alarm = true;
+        e.srm_p_value = 0.0004;
+        let w = hold(decide(&c, RolloutState::Running, 0, 400.0, &e));
+        assert!(w[0].starts_with("SRM alarm (p = 4.0e-4)"), "{w:?}");
+        // Everything at once, in a stable order.
+        let mut e = healthy();
+        e.candidate_users = 1;
+        e.srm_alarm = true;
+        e.gates[0].enough_data = false;
+        let w = hold(decide(&c, RolloutState::Running, 0, 0.0, &e));
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[0].starts_with("hold 300 s") && w[1].starts_with("candidate users 1/500"));
+        // Not running: nothing moves.
+        for s in [
+            RolloutState::Pending,
+            RolloutState::Paused,
+            RolloutState::Completed,
+            RolloutState::RolledBack,
+        ] {
+            assert_eq!(
+                hold(decide(&c, s, 0, 1e9, &healthy())),
+                [format!("the rollout is {}", s.as_str())]
+            );
+        }
+    }
+
+    #[test]
+    fn a_gate_beyond_its_allowance_rolls_back_even_during_the_hold() {
+        let c = config();
+        let mut e = healthy();
+        e.candidate_users = 3;
+        e.gates[0] = gate("errors", Metric::ErrorRate, 0.01, 0.012, 0.03);
+        match decide(&c, RolloutState::Running, 1, 2.0, &e) {
+            Decision::RollBack(r) => assert_eq!(
+                r,
+                "errors: error rate worse than the allowed +1.00 points (interval [+1.20 points, +3.00 points])"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Higher is better: the allowance is below zero.
+        let mut e = healthy();
+        e.gates[1] = gate("rating", Metric::Rating, 0.3, -0.9, -0.31);
+        assert!(matches!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::RollBack(r) if r.contains("rating worse than the allowed -0.300")
+        ));
+        // A guardrail that already tripped in the phase counts as worse.
+        let mut e = healthy();
+        e.gates[0].tripped = true;
+        assert!(matches!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::RollBack(_)
+        ));
+        // Worse, but within the allowance, is not a rollback (nor, yet, a pass).
+        let mut e = healthy();
+        e.gates[0] = gate("errors", Metric::ErrorRate, 0.01, 0.001, 0.011);
+        assert!(matches!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::Hold(_)
+        ));
+    }
+
+    #[test]
+    fn higher_is_better_gates_need_the_low_end_above_minus_the_allowance() {
+        let mut c = config();
+        c.gates = vec!["rating".into()];
+        let mut e = healthy();
+        e.gates = vec![gate("rating", Metric::Rating, 0.3, -0.29, 0.4)];
+        assert_eq!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::Advance { to: 1 }
+        );
+        e.gates = vec![gate("rating", Metric::Rating, 0.3, -0.31, 0.4)];
+        assert!(matches!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::Hold(_)
+        ));
+    }
+
+    const FILE: &str = "# The router.\nlisten = \"127.0.0.1:8080\"\n[experiment]\nsalt = \"s\"\n[[arms]]\nname = \"best_model\"\nurl = \"http://127.0.0.1:6001\"\nweight = 100 # all of them\n[[arms]]\nname = \"candidate_model\"\nurl = \"http://127.0.0.1:6002\"\nweight = 0\n[rollout]\narm = \"candidate_model\"\nsteps = [1, 5, 100]\nmin_step_seconds = 0\nmin_users_per_step = 10\n";
+
+    fn router_at(path: &std::path::Path) -> std::sync::Arc<Router> {
+        let config = RouterConfig::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        Router::new(config, crate::config::config_hash(&text)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn state_of(router: &Router) -> (RolloutState, usize, f64) {
+        let v = view(router);
+        (
+            v.state.unwrap_or(RolloutState::Pending),
+            v.step.unwrap_or(99),
+            v.percent.unwrap_or(-1.0),
+        )
+    }
+
+    #[test]
+    fn the_first_tick_starts_the_ramp_in_the_file_and_a_restart_resumes_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, FILE).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        assert_eq!(state_of(&router).0, RolloutState::Pending);
+        tick(&router);
+        let (state, step, percent) = state_of(&router);
+        assert_eq!((state, step), (RolloutState::Running, 0));
+        assert!((percent - 1.0).abs() < 1e-9);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(text.contains("weight = 99 # all of them"), "{text}");
+        assert!(text.contains("weight = 1\n"), "{text}");
+        // The file carries the step: the watcher sees nothing new.
+        assert_eq!(router.active().hash, crate::config::config_hash(&text));
+        // The next tick waits for users, in words.
+        tick(&router);
+        assert_eq!(view(&router).waiting_for, ["candidate users 0/10"]);
+        // The state file and the audit line.
+        let saved = rollout::load(&rollout::state_path(&path))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no state file"));
+        assert_eq!(
+            (saved.state, saved.step, saved.history.len()),
+            (RolloutState::Running, 0, 1)
+        );
+        let audit =
+            std::fs::read_to_string(dir.path().join("abgate-audit.jsonl")).unwrap_or_default();
+        let line: serde_json::Value =
+            serde_json::from_str(audit.lines().next().unwrap_or("")).unwrap_or_default();
+        assert_eq!(line["event"], "rollout");
+        assert_eq!(
+            (line["from"].as_str(), line["to"].as_str()),
+            (Some("pending"), Some("running"))
+        );
+        assert_eq!(line["file"], "written");
+        // A restart resumes the same step, without a new transition.
+        drop(router);
+        let again = router_at(&path);
+        tick(&again);
+        let (state, step, percent) = state_of(&again);
+        assert_eq!((state, step), (RolloutState::Running, 0));
+        assert!((percent - 1.0).abs() < 1e-9);
+        assert_eq!(view(&again).history.len(), 1);
+        let metrics = String::from_utf8_lossy(&again.metrics.common.encode()).into_owned();
+        assert!(
+            metrics.contains("abgate_rollout_state{state=\"running\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("abgate_rollout_step 1"), "{metrics}");
+    }
+
+    #[test]
+    fn a_symlinked_config_is_never_edited_and_the_step_is_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = dir.path().join("..data");
+        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.join("router.toml"), FILE).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::os::unix::fs::symlink("..data/router.toml", &path).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        tick(&router);
+        let v = view(&router);
+        assert_eq!(v.state, Some(RolloutState::Running));
+        assert!((v.percent.unwrap_or(0.0) - 1.0).abs() < 1e-9);
+        let t = &v.history[0];
+        assert_eq!(t.file, "in_memory_only");
+        assert!(t.note.as_deref().unwrap_or("").contains("symlink"), "{t:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), FILE);
+        // The state file is the router's own, beside the link.
+        assert!(rollout::state_path(&path).is_file());
+    }
+
+    #[test]
+    fn pause_resume_and_abort_are_transitions_and_a_finished_rollout_refuses_them() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, FILE).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        tick(&router);
+        let v = act(&router, Action::Pause).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.state, Some(RolloutState::Paused));
+        assert!(act(&router, Action::Pause).is_err());
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::Paused);
+        let v = act(&router, Action::Resume).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.state, Some(RolloutState::Running));
+        let v = act(&router, Action::Abort).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.state, Some(RolloutState::RolledBack));
+        assert_eq!(router.active().config.weights(), vec![99.0, 0.0]);
+        let e = act(&router, Action::Resume).err().map(|e| e.to_api());
+        assert_eq!(e.map(|e| e.kind), Some(ErrorKind::Conflict));
+        let by: Vec<String> = view(&router).history.iter().map(|t| t.by.clone()).collect();
+        assert_eq!(by, ["controller", "operator", "operator", "operator"]);
+        // Over: a tick changes nothing, and the verdict says it failed.
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+        let v = verdict(&router, "candidate_model").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.verdict, "fail");
+        assert!(verdict(&router, "best_model").is_err());
+        assert!(verdict(&router, "nobody").is_err());
+    }
+
+    #[test]
+    fn a_candidate_that_already_has_users_starts_where_none_moves_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        let text = FILE
+            .replace("weight = 100 # all of them", "weight = 97")
+            .replace("weight = 0\n[rollout]", "weight = 3\n[rollout]");
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        tick(&router);
+        let (state, step, percent) = state_of(&router);
+        assert_eq!((state, step), (RolloutState::Running, 1));
+        assert!((percent - 5.0).abs() < 1e-9);
+        assert!(view(&router).history[0]
+            .reason
+            .contains("started at step 2"));
+        // Raised by hand beyond the step while paused: resume goes on from there.
+        act(&router, Action::Pause).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = router.active().config.clone();
+        config.arms[0].weight = 40.0;
+        config.arms[1].weight = 60.0;
+        router.apply(config, "edited".into());
+        let v = act(&router, Action::Resume).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((v.state, v.step), (Some(RolloutState::Running), Some(2)));
+        assert!((v.percent.unwrap_or(0.0) - 100.0).abs() < 1e-9);
+        assert_eq!(first_step_at_least(&[1.0, 5.0], 7.0), None);
+        assert_eq!(first_step_at_least(&[1.0, 5.0], 5.0), Some(1));
+    }
+
+    #[test]
+    fn weights_changed_outside_the_rollout_pause_it_and_resume_applies_the_step() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, FILE).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        tick(&router);
+        // An operator's edit down to 0.5%: resume applies the step (users only move on).
+        let mut config = router.active().config.clone();
+        config.arms[0].weight = 99.5;
+        config.arms[1].weight = 0.5;
+        router.apply(config, "edited".into());
+        tick(&router);
+        let v = view(&router);
+        assert_eq!(v.state, Some(RolloutState::Paused));
+        assert!(
+            v.history[1].reason.contains("changed outside the rollout"),
+            "{:?}",
+            v.history
+        );
+        act(&router, Action::Resume).unwrap_or_else(|e| panic!("{e}"));
+        assert!((state_of(&router).2 - 1.0).abs() < 1e-9);
+        // A weight of 0 set elsewhere (a guardrail) ends the rollout as rolled back.
+        let mut config = router.active().config.clone();
+        config.arms[1].weight = 0.0;
+        router.apply(config, "rolled".into());
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+    }
+
+    fn stratum_of(estimate: f64, std_error: f64, n: f64) -> Stratum {
+        Stratum {
+            phase_id: "p".into(),
+            estimate,
+            std_error,
+            effective_n: n,
+            degrees_of_freedom: n,
+            ci_low: None,
+            ci_high: None,
+        }
+    }
+
+    #[test]
+    fn strata_combine_by_inverse_variance_into_a_narrower_interval() {
+        let one = stratum_of(0.01, 0.004, 1000.0);
+        let (e1, l1, h1) = combine(std::slice::from_ref(&one), 0.05).unwrap_or_default();
+        assert!((e1 - 0.01).abs() < 1e-12 && l1 < 0.01 && h1 > 0.01);
+        // The router's own interval for one phase.
+        let b = abgate_stats::Boundary::default();
+        let m = student_t_matching_normal(b.multiplier(1000.0), 1000.0);
+        assert!((h1 - (0.01 + 0.004 * m)).abs() < 1e-12);
+        // Two equal phases: the same estimate, a narrower interval.
+        let (e2, l2, h2) = combine(&[one.clone(), one.clone()], 0.05).unwrap_or_default();
+        assert!((e2 - 0.01).abs() < 1e-12);
+        assert!(h2 - l2 < (h1 - l1) / 1.3, "{l2} {h2} vs {l1} {h1}");
+        // The more precise phase weighs more.
+        let (e3, _, _) = combine(
+            &[stratum_of(0.0, 0.001, 4000.0), stratum_of(0.1, 0.01, 100.0)],
+            0.05,
+        )
+        .unwrap_or_default();
+        assert!(e3 < 0.002, "{e3}");
+        // A smaller alpha widens it; degenerate phases are left out.
+        let (_, l4, h4) = combine(std::slice::from_ref(&one), 0.01).unwrap_or_default();
+        assert!(h4 - l4 > h1 - l1);
+        assert_eq!(combine(&[stratum_of(0.0, 0.0, 10.0)], 0.05), None);
+        assert_eq!(combine(&[], 0.05), None);
+    }
+
+    #[test]
+    fn the_verdict_passes_fails_or_waits() {
+        let v = judge("candidate_model", &healthy(), false);
+        assert_eq!(v.verdict, "pass");
+        assert_eq!(v.reasons.len(), 2);
+        let mut e = healthy();
+        e.gates[1] = gate("latency", Metric::LatencyMeanSeconds, 0.005, -0.002, 0.007);
+        assert_eq!(judge("c", &e, false).verdict, "inconclusive");
+        e.gates[0] = gate("errors", Metric::ErrorRate, 0.01, 0.02, 0.03);
+        let v = judge("c", &e, false);
+        assert_eq!((v.verdict, v.reasons.len()), ("fail", 1));
+        let mut e = healthy();
+        e.srm_alarm = true;
+        assert_eq!(judge("c", &e, false).verdict, "fail");
+        assert_eq!(judge("c", &healthy(), true).verdict, "fail");
+        let mut e = healthy();
+        e.gates.clear();
+        assert_eq!(judge("c", &e, false).verdict, "inconclusive");
+    }
+}

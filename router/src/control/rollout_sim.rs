@@ -1,0 +1,309 @@
+//! Simulated ramps through the rollout's decision rule ([`super::rollout::decide`])
+//! and the router's statistics by user (`abgate_stats::compare_users` at the
+//! guardrail's level): seeded, one simulated second per tick, a fresh phase (fresh
+//! statistics) at every step, as in the router, and the evidence of the ended steps
+//! carried over by [`super::rollout::combine`] (stratified by phase), as the router
+//! does; `carry: false` decides on the current step alone, for comparison.
+//!
+//! Run `cargo test -p abgate-router --lib rollout_sim -- --nocapture` for the table.
+
+use abgate_stats::{bucket_of, compare_users, BucketSums, Metric, UserCompareConfig, Verdict};
+use std::time::Duration;
+
+use super::rollout::{combine, decide, Decision, Evidence, Gate, Stratum};
+use crate::config::{OnComplete, RolloutConfig};
+use crate::rollout::RolloutState;
+
+/// splitmix64: small, seeded, good enough for Bernoulli draws.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// How one simulated ramp ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    /// Promoted after `seconds`.
+    Promoted { seconds: u64 },
+    /// Rolled back on step `step` with `exposed` candidate users over the ramp.
+    RolledBack { step: usize, exposed: u64 },
+    /// Still on step `step` when the simulation's time ran out.
+    TimedOut { step: usize },
+}
+
+/// The simulated world: users per second, the control's error rate and the
+/// candidate's extra error rate.
+#[derive(Clone, Copy)]
+struct World {
+    users_per_second: u64,
+    base_error: f64,
+    extra_error: f64,
+    max_seconds: u64,
+    max_degradation: f64,
+    carry: bool,
+}
+
+const MAX_DEGRADATION: f64 = 0.01;
+
+fn config() -> RolloutConfig {
+    RolloutConfig {
+        arm: "candidate".into(),
+        steps: vec![1.0, 5.0, 25.0, 50.0, 100.0],
+        min_step: Duration::from_secs(60),
+        min_users_per_step: 100,
+        gates: vec!["errors".into()],
+        on_complete: OnComplete::Promote,
+    }
+}
+
+/// One ramp: every simulated second, new users (one request each) split by the
+/// step's share, then one decision on the step's statistics.
+fn ramp(world: &World, seed: u64) -> Outcome {
+    let config = config();
+    let compare = UserCompareConfig {
+        min_samples: 100,
+        ..UserCompareConfig::default()
+    };
+    let mut rng = Rng(seed);
+    let mut step = 0usize;
+    let (mut control, mut candidate) = (BucketSums::new(), BucketSums::new());
+    let (mut candidate_users, mut exposed, mut step_start) = (0u64, 0u64, 0u64);
+    let mut ended: Vec<Stratum> = Vec::new();
+    for second in 1..=world.max_seconds {
+        let share = config.steps[step] / 100.0;
+        for _ in 0..world.users_per_second {
+            let user = rng.next();
+            let bucket = bucket_of(user);
+            if rng.unit() < share {
+                let error = rng.unit() < world.base_error + world.extra_error;
+                candidate.push_bool(bucket, error);
+                candidate_users += 1;
+                exposed += 1;
+            } else {
+                control.push_bool(bucket, rng.unit() < world.base_error);
+            }
+        }
+        let u = compare_users(Metric::ErrorRate, &candidate, &control, &compare);
+        let c = u.comparison;
+        let now = u.interval.map(|i| Stratum {
+            phase_id: String::new(),
+            estimate: i.estimate,
+            std_error: i.std_error,
+            effective_n: i.effective_n,
+            degrees_of_freedom: i.degrees_of_freedom,
+            ci_low: Some(i.ci_low),
+            ci_high: Some(i.ci_high),
+        });
+        let enough = c.verdict != Verdict::NotEnoughData;
+        let (mut ci_low, mut ci_high) = (c.ci_low, c.ci_high);
+        if world.carry && !ended.is_empty() {
+            let mut strata = ended.clone();
+            strata.extend(now.clone().filter(|_| enough));
+            if let Some((_, low, high)) = combine(&strata, ALPHA) {
+                (ci_low, ci_high) = (Some(low), Some(high));
+            }
+        }
+        let evidence = Evidence {
+            phase_id: String::new(),
+            candidate_users,
+            srm_alarm: false,
+            srm_p_value: 1.0,
+            gates: vec![Gate {
+                name: "errors".into(),
+                metric: Metric::ErrorRate,
+                max_degradation: world.max_degradation,
+                estimate: c.estimate,
+                ci_low,
+                ci_high,
+                enough_data: enough || (world.carry && !ended.is_empty()),
+                tripped: false,
+                strata: Vec::new(),
+            }],
+            last_trip: None,
+            previous_phase_users: 0,
+        };
+        let in_step = (second - step_start) as f64;
+        match decide(&config, RolloutState::Running, step, in_step, &evidence) {
+            Decision::Hold(_) => {}
+            Decision::RollBack(_) => return Outcome::RolledBack { step, exposed },
+            Decision::Complete => return Outcome::Promoted { seconds: second },
+            Decision::Advance { to } => {
+                assert_eq!(to, step + 1, "steps only go up, one at a time");
+                if let Some(now) = now.filter(|_| enough) {
+                    ended.push(now);
+                }
+                step = to;
+                step_start = second;
+                // A new step is a new phase: the statistics start again.
+                control = BucketSums::new();
+                candidate = BucketSums::new();
+                candidate_users = 0;
+            }
+        }
+    }
+    Outcome::TimedOut { step }
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Tally {
+    promoted: Vec<u64>,
+    rolled_back: Vec<(usize, u64)>,
+    timed_out: usize,
+}
+
+fn run(world: &World, ramps: u64, seed: u64) -> Tally {
+    let mut t = Tally {
+        promoted: Vec::new(),
+        rolled_back: Vec::new(),
+        timed_out: 0,
+    };
+    for i in 0..ramps {
+        match ramp(world, seed.wrapping_mul(1_000_003).wrapping_add(i)) {
+            Outcome::Promoted { seconds } => t.promoted.push(seconds),
+            Outcome::RolledBack { step, exposed } => t.rolled_back.push((step, exposed)),
+            Outcome::TimedOut { .. } => t.timed_out += 1,
+        }
+    }
+    t.promoted.sort_unstable();
+    t
+}
+
+const ALPHA: f64 = 0.05;
+
+#[test]
+fn simulated_ramps_keep_their_error_rates_and_report_time_to_promote() {
+    let started = std::time::Instant::now();
+    // A/A: the candidate is the control. Rolled back in at most α of ramps; the time
+    // to promote is the healthy candidate's.
+    let aa = World {
+        users_per_second: 2000,
+        base_error: 0.02,
+        extra_error: 0.0,
+        max_seconds: 3600,
+        max_degradation: MAX_DEGRADATION,
+        carry: true,
+    };
+    let ramps: u64 = 200;
+    let t = run(&aa, ramps, 1);
+    let rolled = t.rolled_back.len() as f64 / ramps as f64;
+    println!(
+        "A/A (2% errors, gate +1 point, 2000 users/s, steps 1-5-25-50-100, hold 60 s): {} of {ramps} promoted, {} rolled back ({:.1}%), {} timed out",
+        t.promoted.len(),
+        t.rolled_back.len(),
+        rolled * 100.0,
+        t.timed_out
+    );
+    println!(
+        "  time to promote: p10 {} s, median {} s, p90 {} s, max {} s",
+        quantile(&t.promoted, 0.1),
+        quantile(&t.promoted, 0.5),
+        quantile(&t.promoted, 0.9),
+        quantile(&t.promoted, 1.0)
+    );
+    assert!(rolled <= ALPHA, "A/A rolled back in {rolled} of ramps");
+    assert!(
+        t.promoted.len() as f64 >= 0.9 * ramps as f64,
+        "a healthy candidate is promoted"
+    );
+
+    // Evidence carried across steps against each step starting from zero, at lower
+    // traffic, where the evidence (not the holds) paces the ramp.
+    let slow = World {
+        users_per_second: 300,
+        ..aa
+    };
+    let ramps = 60;
+    for carry in [true, false] {
+        let t = run(&World { carry, ..slow }, ramps, 5);
+        println!(
+            "A/A at 300 users/s, evidence {}: {} of {ramps} promoted, {} rolled back; time to promote p10 {} s, median {} s, p90 {} s",
+            if carry { "carried across steps" } else { "of the current step only" },
+            t.promoted.len(),
+            t.rolled_back.len(),
+            quantile(&t.promoted, 0.1),
+            quantile(&t.promoted, 0.5),
+            quantile(&t.promoted, 0.9)
+        );
+        assert!(t.rolled_back.len() as f64 <= ALPHA * ramps as f64);
+    }
+
+    // A/A against no allowance at all (the strictest gate: any significant
+    // degradation trips): it never advances, and trips in at most α of ramps.
+    let strict = World {
+        max_seconds: 300,
+        max_degradation: 0.0,
+        ..aa
+    };
+    let ramps: u64 = 150;
+    let t = run(&strict, ramps, 4);
+    let rolled = t.rolled_back.len() as f64 / ramps as f64;
+    println!(
+        "A/A with a gate of +0 points (300 s on the 1% step): {} of {ramps} rolled back ({:.1}%), {} promoted",
+        t.rolled_back.len(),
+        rolled * 100.0,
+        t.promoted.len()
+    );
+    assert!(rolled <= ALPHA, "A/A rolled back in {rolled} of ramps");
+
+    // Exactly at the allowance: never shown not worse, so promoted in at most α.
+    let edge = World {
+        extra_error: MAX_DEGRADATION,
+        max_seconds: 600,
+        ..aa
+    };
+    let t = run(&edge, ramps, 2);
+    let promoted = t.promoted.len() as f64 / ramps as f64;
+    println!(
+        "at the allowance (+1 point): {} of {ramps} promoted ({:.1}%), {} rolled back, {} still holding after 600 s",
+        t.promoted.len(),
+        promoted * 100.0,
+        t.rolled_back.len(),
+        t.timed_out
+    );
+    assert!(promoted <= ALPHA, "promoted at the margin in {promoted}");
+
+    // Worse by 2 points: rolled back early, with few users exposed.
+    let worse = World {
+        extra_error: 0.02,
+        max_seconds: 600,
+        ..aa
+    };
+    let ramps = 100;
+    let t = run(&worse, ramps, 3);
+    let mut exposed: Vec<u64> = t.rolled_back.iter().map(|(_, e)| *e).collect();
+    exposed.sort_unstable();
+    let at_first = t.rolled_back.iter().filter(|(s, _)| *s == 0).count();
+    println!(
+        "worse by 2 points: {} of {ramps} rolled back ({} at the 1% step), {} promoted; candidate users exposed: median {}, p90 {}, max {}",
+        t.rolled_back.len(),
+        at_first,
+        t.promoted.len(),
+        quantile(&exposed, 0.5),
+        quantile(&exposed, 0.9),
+        quantile(&exposed, 1.0)
+    );
+    assert!(t.promoted.is_empty(), "a worse candidate is never promoted");
+    assert!(
+        t.rolled_back.len() >= 90,
+        "a 2-point-worse candidate is rolled back"
+    );
+    println!("simulated in {:?}", started.elapsed());
+}
