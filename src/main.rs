@@ -54,7 +54,8 @@ enum Command {
         active: Option<PathBuf>,
     },
     /// Print the experiment analysis of a running router (SRM, per-arm figures,
-    /// comparisons with intervals and verdicts). Exit status 0, or 3 when the SRM test
+    /// comparisons with intervals and verdicts), or with `--prometheus` the cluster's
+    /// (every replica's sums, no router needed). Exit status 0, or 3 when the SRM test
     /// alarms or any comparison is `worse`.
     Report {
         /// The router's base URL.
@@ -63,6 +64,18 @@ enum Command {
         /// Output format: text, json or markdown.
         #[arg(long, default_value = "text")]
         format: abgate_router::report::Format,
+        /// Read the cluster's state from this Prometheus (e.g. http://prometheus:9090)
+        /// instead of asking a router.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// With `--prometheus`: the phase to report (default: the current one, the
+        /// phase with the freshest samples).
+        #[arg(long)]
+        phase_id: Option<String>,
+        /// With `--prometheus`: observations per arm before a verdict (the routers'
+        /// `experiment.min_samples`).
+        #[arg(long, default_value_t = 100)]
+        min_samples: u64,
     },
     /// Exit 0 if the URL answers 200 (for container health checks).
     Healthcheck {
@@ -110,8 +123,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     single_threaded_forward_passes();
     init_logging();
-    if let Command::Report { url, format } = &cli.command {
-        return report(url, *format);
+    if let Command::Report {
+        url,
+        format,
+        prometheus,
+        phase_id,
+        min_samples,
+    } = &cli.command
+    {
+        return report(
+            url,
+            *format,
+            prometheus.as_deref(),
+            phase_id.as_deref(),
+            *min_samples,
+        );
     }
     let result: Result<(), String> = match cli.command {
         Command::Train { config } => abgate_model_server::train::TrainConfig::load(&config)
@@ -156,10 +182,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(url: &str, format: abgate_router::report::Format) -> ExitCode {
+fn report(
+    url: &str,
+    format: abgate_router::report::Format,
+    prometheus: Option<&str>,
+    phase_id: Option<&str>,
+    min_samples: u64,
+) -> ExitCode {
     let fetched = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(abgate_router::report::fetch(url, format))
-            .map_err(|e| e.to_string())
+        rt.block_on(async {
+            match prometheus {
+                Some(p) => {
+                    abgate_router::report::from_prometheus(p, phase_id, min_samples, format).await
+                }
+                None => abgate_router::report::fetch(url, format).await,
+            }
+        })
+        .map_err(|e| e.to_string())
     });
     match fetched {
         Ok(report) => {

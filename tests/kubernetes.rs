@@ -297,7 +297,7 @@ fn the_kustomize_base_and_the_example_overlay_render_and_every_object_validates_
     // ones; the log says which one this run used.
     let version = stdout_of("kubectl", &["version", "--client"], None);
     eprintln!("kubectl: {}", version.lines().next().unwrap_or("").trim());
-    for dir in ["", "overlays/example", "grafana"] {
+    for dir in ["", "overlays/example", "grafana", "prometheus"] {
         validate(dir);
     }
     // The operator's PodMonitor is a custom resource (no built-in schema): it must
@@ -512,4 +512,76 @@ fn prometheus_discovers_every_pod_by_annotation_and_the_grafana_dashboard_is_the
     assert!(
         str_of(&datasource["data"]["abgate-datasource.yaml"]).contains("uid: abgate-prometheus")
     );
+}
+
+#[test]
+#[ignore = "needs kubectl and kubernetes-validate (installed by .ci/run)"]
+fn the_routers_run_in_cluster_mode_against_the_shipped_prometheus_with_a_writable_audit_log() {
+    let objects = render("");
+    let router = find(&objects, "Deployment", "router");
+    let toml_text =
+        str_of(&find(&objects, "ConfigMap", "abgate-router")["data"]["router.toml"]).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, &toml_text).unwrap();
+    let config = abgate_router::RouterConfig::load(&path).unwrap();
+    let cluster = config
+        .analysis
+        .cluster
+        .clone()
+        .expect("experiment.prometheus_url is set: cluster mode on");
+    assert!(router["spec"]["replicas"].as_u64().unwrap() >= 3);
+    // The URL names the shipped Prometheus Service, on its port, in the namespace.
+    let prometheus = render("prometheus");
+    let service = find(&prometheus, "Service", "prometheus");
+    let namespace = str_of(&service["metadata"]["namespace"]);
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        cluster.prometheus_url,
+        format!("http://prometheus.{namespace}.svc.cluster.local:{port}")
+    );
+    let deployment = find(&prometheus, "Deployment", "prometheus");
+    assert!(selects(
+        &service["spec"]["selector"],
+        &deployment["spec"]["template"]["metadata"]["labels"]
+    ));
+    let args: Vec<&str> = container(deployment)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    // A recorded trip is looked up over 30 days: Prometheus keeps them that long.
+    assert!(
+        args.contains(&"--storage.tsdb.retention.time=30d"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--config.file=/etc/prometheus/prometheus.yml"));
+    let config_map = find(&prometheus, "ConfigMap", "abgate-prometheus");
+    assert!(str_of(&config_map["data"]["prometheus.yml"]).contains("kubernetes_sd_configs"));
+    // Prometheus does not scrape itself as an abgate pod (no scrape annotation).
+    assert!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"].is_null()
+    );
+
+    // The audit log on a writable volume (the ConfigMap and the root are read-only).
+    let audit = &config.analysis.audit_log;
+    let c = container(router);
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| audit.starts_with(str_of(&m["mountPath"])))
+        .unwrap_or_else(|| panic!("no mount holds the audit log {}", audit.display()));
+    assert_ne!(
+        mount["readOnly"], true,
+        "the audit log's volume is writable"
+    );
+    let volume = pod(router)["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["emptyDir"].is_object(), "{volume}");
 }

@@ -3,7 +3,8 @@
 //! websocket client, no new dependency). A live stack (two model-server processes, the
 //! router in-process) serves traffic through both arms with feedback; the tests read
 //! the rendered DOM, take screenshots at 1280×800 and 390×844 under `target/`, and
-//! check the browser console and every request the page made. They fail, not skip,
+//! check the browser console and every request the page made. One serves a `[rollout]`
+//! with short holds and follows its steps on the page. They fail, not skip,
 //! when Debian's `chromium` is missing.
 
 mod support;
@@ -374,7 +375,9 @@ impl Browser {
                     }
                     let url = entry["url"].as_str().unwrap_or("");
                     let optional_404 = entry["source"] == "network"
-                        && (url.ends_with("/api/experiment") || url.ends_with("/api/shadows"))
+                        && (url.ends_with("/api/experiment")
+                            || url.ends_with("/api/shadows")
+                            || url.ends_with("/api/rollout"))
                         && entry["text"].as_str().unwrap_or("").contains("404");
                     if optional_404 {
                         expected += 1;
@@ -761,6 +764,8 @@ async fn the_status_page_shows_both_arms_live_in_a_real_browser() {
                srm: document.getElementById('srm').dataset.srm, \
                shadows: document.getElementById('shadows').innerText, \
                chart: document.querySelectorAll('#c-rps svg path[d^=M], #c-p95 svg path[d^=M]').length, \
+               rolloutHidden: document.getElementById('s-roll').hidden, \
+               rollout: document.body.dataset.rollout, \
                text: document.body.innerText})",
         )
         .await;
@@ -772,7 +777,14 @@ async fn the_status_page_shows_both_arms_live_in_a_real_browser() {
         .as_str()
         .unwrap_or("")
         .contains("control"));
-    assert_eq!(sections["colHeads"], 6);
+    // Metric, arm, estimate, interval, n, verdict, family verdict.
+    assert_eq!(sections["colHeads"], 7);
+    // No [rollout]: no rollout panel.
+    assert_eq!(
+        (&sections["rolloutHidden"], &sections["rollout"]),
+        (&json!(true), &json!("none")),
+        "{sections}"
+    );
     assert!(
         sections["chart"].as_u64().unwrap_or(0) >= 2,
         "a line per arm in the charts: {sections}"
@@ -1160,6 +1172,242 @@ async fn the_status_page_renders_the_experiment_contract() {
     .await;
     let (problems, _) = b.console_problems();
     assert!(problems.is_empty(), "browser console: {problems:#?}");
+    let _ = b.close().await;
+    router.stop().await;
+}
+
+/// The rollout panel as the page shows it (`data-*` attributes and text).
+const DOM_ROLLOUT: &str = r#"(() => {
+  const r = document.getElementById('rollout'), at = r.querySelector('[data-step]');
+  return {hidden: document.getElementById('s-roll').hidden,
+    state: document.querySelector('[data-rollout-state]')?.dataset.rolloutState,
+    step: at ? Number(at.dataset.step) : null, steps: at ? Number(at.dataset.steps) : null,
+    percent: at ? Number(at.dataset.percent) : null,
+    ladder: [...r.querySelectorAll('.ladder li')].map(l => [l.textContent, l.dataset.stepState]),
+    waiting: [...r.querySelectorAll('[data-waiting]')].map(e => e.textContent),
+    gates: [...r.querySelectorAll('[data-gate]')].map(g => [g.dataset.gate, g.dataset.gateStatus]),
+    history: [...r.querySelectorAll('[data-transition]')].map(t => t.textContent),
+    weights: r.querySelector('[data-rollout-weights]')?.textContent,
+    text: document.getElementById('s-roll').innerText};
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Debian's chromium (installed by .ci/run)"]
+async fn the_status_page_shows_the_rollout_step_its_next_decision_and_its_advance() {
+    let _one = ONE_BROWSER.lock().await;
+    let (best, candidate) = tokio::join!(
+        ArmProcess::start("best_model"),
+        ArmProcess::start("candidate_model")
+    );
+    // Short holds, as tests/rollout.rs: 1 s per step, 20 candidate users.
+    let tables = "[[guardrails]]\nname = \"candidate_errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.01\naction = \"rollback\"\n\
+                  [[guardrails]]\nname = \"candidate_latency\"\nmetric = \"latency_mean_seconds\"\narm = \"candidate_model\"\nmax_degradation = 0.05\naction = \"alert\"\n\
+                  [rollout]\narm = \"candidate_model\"\nsteps = [20, 50, 100]\nmin_step_seconds = 1\nmin_users_per_step = 20\n";
+    let text = router_toml(
+        &[
+            ("best_model", &best.url, 100.0),
+            ("candidate_model", &candidate.url, 0.0),
+        ],
+        "",
+        tables,
+    )
+    .replacen(
+        "salt = \"wine-2026-11\"\n",
+        "salt = \"wine-2026-11\"\nmin_samples = 20\n",
+        1,
+    );
+    let router = RouterHandle::start(&text).await;
+    let c = client();
+    // No traffic yet: the first tick starts the ramp, which then waits for users.
+    eventually("the rollout running", Duration::from_secs(10), || {
+        let (c, url) = (c.clone(), format!("{}/api/rollout", router.url));
+        async move {
+            c.get(&url)
+                .await
+                .is_ok_and(|r| r.json()["state"] == "running")
+        }
+    })
+    .await;
+    let mut b = Browser::launch(1280, 800).await;
+    b.goto(&format!("{}/", router.url)).await;
+    b.wait_for(
+        "the rollout panel on its first step",
+        Duration::from_secs(10),
+        "document.querySelector('[data-rollout-state]')?.dataset.rolloutState === 'running'",
+    )
+    .await;
+    let first = b.eval(DOM_ROLLOUT).await;
+    let api = router.get_json(&c, "/api/rollout").await;
+    println!(
+        "first step, page: {first:#}\napi waiting_for: {}",
+        api["waiting_for"]
+    );
+    assert_eq!(first["hidden"], false);
+    assert_eq!(
+        (&first["step"], &first["steps"]),
+        (&json!(0), &json!(3)),
+        "{first:#}"
+    );
+    assert!(
+        first["percent"]
+            .as_f64()
+            .is_some_and(|p| (p - 20.0).abs() < 1e-6),
+        "{first:#}"
+    );
+    assert_eq!(
+        first["ladder"],
+        json!([["20%", "current"], ["50%", "next"], ["100%", "next"]])
+    );
+    let shown_text = first["text"].as_str().unwrap_or("");
+    assert!(
+        shown_text.contains("Step 1 of 3: candidate_model on 20% of users")
+            && shown_text.contains("▶ RUNNING"),
+        "{shown_text}"
+    );
+    // The next decision: what /api/rollout says it waits for, word for word (the hold
+    // is 1 s, over by now; with no traffic nothing else moves).
+    let waiting: Vec<&str> = first["waiting"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        waiting.contains(&"candidate users 0/20"),
+        "the page's next decision: {waiting:?}"
+    );
+    let api_waiting: Vec<&str> = api["waiting_for"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    // The hold's seconds count down between the page's poll and ours.
+    let not_hold = |w: &&&str| !w.starts_with("hold ");
+    assert_eq!(
+        waiting.iter().filter(not_hold).collect::<Vec<_>>(),
+        api_waiting.iter().filter(not_hold).collect::<Vec<_>>(),
+        "page vs /api/rollout"
+    );
+    assert_eq!(
+        first["gates"],
+        json!([
+            ["candidate_errors", "not_enough_data"],
+            ["candidate_latency", "not_enough_data"]
+        ])
+    );
+    assert!(
+        first["weights"]
+            .as_str()
+            .unwrap_or("")
+            .contains("candidate_model 20 (20%)"),
+        "{first:#}"
+    );
+    let started = first["history"].as_array().cloned().unwrap_or_default();
+    assert!(
+        started.len() == 1
+            && started[0]
+                .as_str()
+                .unwrap_or("")
+                .contains("pending → running at 20%"),
+        "{started:?}"
+    );
+    b.screenshot(
+        &target_dir().join("status-page-rollout-waiting-1280x800-full.png"),
+        true,
+    )
+    .await;
+
+    // Returning users: the ramp advances, and the page follows within a poll.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6u32)
+        .map(|w| {
+            let (stop, url, c) = (std::sync::Arc::clone(&stop), router.url.clone(), client());
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c
+                        .post_json(
+                            &format!("{url}/predict"),
+                            &[("x-user-id", &format!("user-{i}"))],
+                            predict_body(),
+                        )
+                        .await;
+                    i = if i + 6 >= 3000 { w } else { i + 6 };
+                }
+            })
+        })
+        .collect();
+    b.wait_for(
+        "the page shows the second step",
+        Duration::from_secs(90),
+        "Number(document.querySelector('#rollout [data-step]')?.dataset.step) >= 1",
+    )
+    .await;
+    let advanced = b.eval(DOM_ROLLOUT).await;
+    let api = router.get_json(&c, "/api/rollout").await;
+    println!(
+        "advanced, page: {advanced:#}\napi: state {} step {}",
+        api["state"], api["step"]
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let ladder = advanced["ladder"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ladder[0], json!(["20%", "done"]), "{advanced:#}");
+    assert!(
+        advanced["step"].as_u64().unwrap_or(0) <= api["step"].as_u64().unwrap_or(0),
+        "the page shows no step the router has not taken"
+    );
+    let history: Vec<String> = advanced["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    // Newest first: the advance to 50%, with its users and the gates' evidence.
+    assert!(
+        history
+            .iter()
+            .any(|t| t.contains("running → running at 50%") && t.contains("candidate users")),
+        "{history:#?}"
+    );
+    // Traffic stopped: after two more polls the page shows exactly the router's step
+    // and what its next decision waits for.
+    b.next_polls(2).await;
+    let settled = b.eval(DOM_ROLLOUT).await;
+    let api = router.get_json(&c, "/api/rollout").await;
+    assert_eq!(
+        (&settled["state"], &settled["step"]),
+        (&api["state"], &api["step"]),
+        "page {settled:#}\napi {api:#}"
+    );
+    if api["state"] == "running" {
+        assert!(
+            settled["waiting"].as_array().is_some_and(|w| !w.is_empty()),
+            "a running ramp shows what it waits for: {settled:#}"
+        );
+    }
+    b.screenshot(
+        &target_dir().join("status-page-rollout-advanced-1280x800-full.png"),
+        true,
+    )
+    .await;
+    b.viewport(390, 844).await;
+    b.next_polls(1).await;
+    let overflow = b
+        .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        .await;
+    assert_eq!(overflow, json!(0), "horizontal scrolling at 390×844");
+    b.screenshot(
+        &target_dir().join("status-page-rollout-390x844-full.png"),
+        true,
+    )
+    .await;
+    let (problems, _) = b.console_problems();
+    assert!(problems.is_empty(), "browser console: {problems:#?}");
+    assert_only_the_router(&b.requested_urls(), &router.url, "DevTools network log");
     let _ = b.close().await;
     router.stop().await;
 }

@@ -64,6 +64,14 @@ pub fn run(path: &Path, active: Option<&Path>) -> Result<String, RouterError> {
         config.salt,
         if config.failover { "on" } else { "off" }
     );
+    if let Some(cluster) = &config.analysis.cluster {
+        let _ = writeln!(
+            out,
+            "cluster mode: verdicts and guardrails on every replica's sums, read from {} every {} ms",
+            cluster.prometheus_url,
+            cluster.interval.as_millis()
+        );
+    }
     for (arm, share) in config.arms.iter().zip(config.split().shares()) {
         let _ = writeln!(
             out,

@@ -15,14 +15,17 @@
 //! 4. **Policy and control** — `policy`: pure decisions (assignment source, override,
 //!    failover, the retry's arm, feedback's arm, what is recorded, the router's
 //!    headers); `control`: the only code that changes the live router after start-up
-//!    (guardrail rollbacks; the progressive rollout's decisions, `control::rollout`),
+//!    (guardrail rollbacks; cluster mode's reads and the trips they apply,
+//!    `control::cluster`; the progressive rollout's decisions, `control::rollout`),
 //!    beside `reload` (file changes, SIGHUP) and `checker` (active health checks).
 //! 5. **State** — [`state`]: the version in force (swapped atomically) and what
 //!    outlives reloads.
 //! 6. **Features**, each taking its own parts, never the router: `shadow` (mirrored
 //!    copies, compared), [`upstream`] (the one HTTP/1.1 client: strict framing in
 //!    [`upstream::h1`], relay, the per-thread `pool`), `experiment` (per-phase
-//!    statistics, SRM, comparisons; the record of a trip), `rollout` (the
+//!    statistics, SRM, comparisons; the record of a trip; where verdicts come from,
+//!    local or the cluster's), `cluster` (the export of the mergeable state as
+//!    Prometheus counters, and the reader of the cluster's sums), `rollout` (the
 //!    progressive rollout's state, its state file and gauges), `endpoint` and `health`
 //!    (an arm's addresses and their health).
 //! 7. **Config and metrics** — [`config`] (raw file → validated, with key paths; the
@@ -108,11 +111,14 @@ pub async fn run(
 /// Serves an already-built [`Router`] (tests use this to reach its state).
 pub async fn serve(router: Arc<Router>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     checker::check_all(&router).await;
+    // Cluster mode: any recorded rollback applied before the first answer.
+    control::cluster::start(&router).await;
     let tasks = [
         tokio::spawn(checker::run_checks(Arc::clone(&router))),
         tokio::spawn(checker::run_resolver(Arc::clone(&router))),
         tokio::spawn(reload::watch(Arc::clone(&router))),
         tokio::spawn(control::run(Arc::clone(&router))),
+        tokio::spawn(control::cluster::run(Arc::clone(&router))),
         router.system.spawn(std::time::Duration::from_secs(5)),
     ];
     let active = router.active();

@@ -2,7 +2,8 @@
 //! external script, font or image) embedded in the binary at build time. The router
 //! does no work for it beyond handing out this static byte string: the page itself
 //! polls `/api/health`, `/api/metrics`, `/api/config` and `/metrics` every 2 s (and
-//! `/api/experiment` / `/api/shadows` when the router has them) and keeps its own
+//! `/api/experiment` / `/api/shadows` / `/api/rollout` when the router has them; the
+//! rollout panel shows only when `[rollout]` is configured) and keeps its own
 //! 10-minute history for the chart.
 
 use bytes::Bytes;
@@ -80,6 +81,9 @@ mod tests {
             "/api/config",
             "/api/experiment",
             "/api/shadows",
+            "/api/rollout",
+            "data-rollout-state",
+            "data-waiting",
             "h(\"caption\"",
             "scope: \"col\"",
             "scope: \"row\"",

@@ -126,13 +126,16 @@ impl UserInterval {
 }
 
 /// One arm's floored variance of its mean, its floored per-observation variance, its
-/// degrees of freedom and whether the floor applied.
+/// degrees of freedom and whether the floor applied. The floor is the pooled
+/// per-observation variance, or the arm's own `minimum` when that is larger.
 fn floored(
     e: &RatioEstimate,
     jackknife: f64,
     pooled_unit: f64,
+    minimum: f64,
     pooled_df: f64,
 ) -> (f64, f64, f64, bool) {
+    let pooled_unit = pooled_unit.max(minimum);
     let n = e.n as f64;
     let v = jackknife * n; // per-observation, design effect included
     let s = e.unit_variance.unwrap_or(0.0);
@@ -162,6 +165,33 @@ pub fn user_interval(
     c: &RatioEstimate,
     boundary: &Boundary,
 ) -> Option<UserInterval> {
+    user_interval_with_minimum(a, c, boundary, [0.0, 0.0])
+}
+
+/// The per-observation variance below which a proportion's arm that has seen no event
+/// (or only events) is never taken to be: `p̃(1 − p̃)` with `p̃ = (x + ½)/(n + 1)`
+/// (Jeffreys' pseudo-counts); 0 for an arm that has seen both outcomes (its own
+/// variance is then not degenerate). An arm with 0 errors in 200 requests keeps the
+/// uncertainty of its own count — about ±1 point, not `[0, 0]` — whatever the other
+/// arm saw, so "not worse" needs evidence from the arm itself.
+pub fn proportion_minimum(e: &RatioEstimate) -> f64 {
+    let n = e.n as f64;
+    let x = (e.mean * n).round();
+    if x > 0.0 && x < n {
+        return 0.0;
+    }
+    let p = (x + 0.5) / (n + 1.0);
+    p * (1.0 - p)
+}
+
+/// [`user_interval`] with each arm's per-observation variance floored at least at
+/// `minimum` (arm, control), e.g. [`proportion_minimum`] for a proportion.
+pub fn user_interval_with_minimum(
+    a: &RatioEstimate,
+    c: &RatioEstimate,
+    boundary: &Boundary,
+    minimum: [f64; 2],
+) -> Option<UserInterval> {
     let (jk_a, jk_c) = (a.jackknife_variance?, c.jackknife_variance?);
     let (n_a, n_c) = (a.n as f64, c.n as f64);
     // The pooled per-observation variance (the two-sample t-test's, within arms) and the
@@ -170,8 +200,8 @@ pub fn user_interval(
     let pooled_unit = ((n_a - 1.0) * s_a + (n_c - 1.0) * s_c) / (n_a + n_c - 2.0);
     let m_sq = n_a * n_a / a.effective_buckets + n_c * n_c / c.effective_buckets;
     let pooled_df = ((n_a + n_c).powi(2) / m_sq - 1.0).max(1.0);
-    let (w_a, u_a, df_a, floored_arm) = floored(a, jk_a, pooled_unit, pooled_df);
-    let (w_c, u_c, df_c, floored_control) = floored(c, jk_c, pooled_unit, pooled_df);
+    let (w_a, u_a, df_a, floored_arm) = floored(a, jk_a, pooled_unit, minimum[0], pooled_df);
+    let (w_c, u_c, df_c, floored_control) = floored(c, jk_c, pooled_unit, minimum[1], pooled_df);
     let w = w_a + w_c;
     let std_error = w.sqrt();
     let delta_std_error =
@@ -232,9 +262,15 @@ pub fn compare_users(
     config: &UserCompareConfig,
 ) -> UserComparison {
     let (a, c) = (arm.estimate(), control.estimate());
-    let interval = a
-        .zip(c)
-        .and_then(|(a, c)| user_interval(&a, &c, &config.boundary));
+    let proportion = matches!(metric, Metric::ErrorRate | Metric::AccurateShare);
+    let interval = a.zip(c).and_then(|(a, c)| {
+        let minimum = if proportion {
+            [proportion_minimum(&a), proportion_minimum(&c)]
+        } else {
+            [0.0, 0.0]
+        };
+        user_interval_with_minimum(&a, &c, &config.boundary, minimum)
+    });
     let count = |e: &Option<RatioEstimate>| e.map_or(0, |e| e.n);
     let buckets = |e: &Option<RatioEstimate>| e.map_or(0, |e| e.buckets);
     let (n_arm, n_control) = (count(&a), count(&c));
@@ -395,6 +431,31 @@ mod tests {
             moments.push(x);
         }
         (sums, moments)
+    }
+
+    #[test]
+    fn a_proportion_without_events_in_either_arm_keeps_its_own_uncertainty() {
+        // 0 errors in 200 candidate requests and in 20,000 control requests: the pooled
+        // variance is 0, yet 0 of 200 still allows about a 1.5% error rate. The interval
+        // must say so, not collapse to [0, 0] (which would show "not worse than +1
+        // point" on no evidence).
+        let (a, _) = arm(&[0.0], 200, 100);
+        let (c, _) = arm(&[0.0], 20_000, 128);
+        let u = compare_users(Metric::ErrorRate, &a, &c, &UserCompareConfig::default());
+        let i = u.interval.unwrap_or_else(|| unreachable!());
+        assert!(i.floored_arm, "{i:?}");
+        assert!(
+            i.ci_high > 0.005,
+            "0 of 200 is not evidence of < 0.5 points: {i:?}"
+        );
+        // With 20,000 clean requests on each side the interval is narrow again.
+        let (big, _) = arm(&[0.0], 20_000, 128);
+        let u = compare_users(Metric::ErrorRate, &big, &c, &UserCompareConfig::default());
+        let i = u.interval.unwrap_or_else(|| unreachable!());
+        assert!(i.ci_high < 0.001, "{i:?}");
+        // A mean is not a proportion: no such floor.
+        let u = compare_users(Metric::Rating, &a, &c, &UserCompareConfig::default());
+        assert_eq!(u.interval.map(|i| i.std_error), Some(0.0));
     }
 
     #[test]

@@ -439,7 +439,10 @@ fn by_user_estimates_and_intervals_agree_with_scipy() {
         "family_k": family_k,
         "by_user": cases
             .iter()
-            .map(|c| json!({"name": c.name, "arm": c.arm.json(), "control": c.control.json()}))
+            .map(|c| {
+                let proportion = matches!(c.metric, Metric::ErrorRate | Metric::AccurateShare);
+                json!({"name": c.name, "proportion": proportion, "arm": c.arm.json(), "control": c.control.json()})
+            })
             .collect::<Vec<_>>(),
     });
     let reference = run_reference(&input);

@@ -11,9 +11,9 @@
 //! e-value of its own sequential SRM test, and the cluster's is their mean, an
 //! e-value under any dependence between the replicas.
 
-// Read by cluster mode (the control layer's cluster tick), which is being wired.
-#[allow(dead_code)]
 pub mod promql;
+#[cfg(test)]
+mod srm_sim;
 
 use abgate_stats::{Metric, UserArmStats, BUCKETS};
 use prometheus::proto::{Counter, Gauge, LabelPair, MetricFamily, MetricType};
@@ -33,14 +33,19 @@ pub const SUM_SQUARES: &str = "abgate_experiment_sum_squares_total";
 pub const SRM_EVALUE: &str = "abgate_experiment_srm_evalue";
 /// A guardrail that tripped in a phase (1), on the replica that tripped it.
 pub const TRIPPED: &str = "abgate_guardrail_tripped";
+/// Per arm of a phase: its configured weight, labelled with its position in the
+/// config (`arm`, 0 = the control), so the cluster's view needs no router config.
+pub const ARM_WEIGHT: &str = "abgate_experiment_arm_weight";
 
 /// What one phase exports.
 #[derive(Debug, Clone, Default)]
 pub struct PhaseExport {
     /// The phase's content id (the same on every replica).
     pub phase_id: String,
-    /// Each arm's mergeable statistics, by arm name.
+    /// Each arm's mergeable statistics, by arm name, in config order.
     pub arms: Vec<(String, UserArmStats)>,
+    /// Each arm's configured weight, in the same order.
+    pub weights: Vec<f64>,
     /// This replica's SRM e-value, if it has one yet.
     pub srm_evalue: Option<f64>,
     /// Guardrails this replica tripped in the phase.
@@ -95,6 +100,11 @@ where
                     TRIPPED,
                     "Guardrails tripped in a phase by this replica (1).",
                     &["phase_id", "guardrail"],
+                )?,
+                desc(
+                    ARM_WEIGHT,
+                    "Configured weight of each arm of a phase (arm: its position, 0 = control).",
+                    &["phase_id", "variant", "arm"],
                 )?,
             ],
         })
@@ -167,6 +177,11 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
         "Guardrails tripped in a phase by this replica (1).",
         MetricType::GAUGE,
     );
+    let mut weights = family(
+        ARM_WEIGHT,
+        "Configured weight of each arm of a phase (arm: its position, 0 = control).",
+        MetricType::GAUGE,
+    );
     let mut buckets: Vec<String> = Vec::new();
     for b in 0..BUCKETS {
         buckets.push(b.to_string());
@@ -202,6 +217,13 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
                 ));
             }
         }
+        for (i, ((variant, _), w)) in phase.arms.iter().zip(&phase.weights).enumerate() {
+            let arm = i.to_string();
+            weights.mut_metric().push(gauge(
+                &[("phase_id", id), ("variant", variant), ("arm", &arm)],
+                *w,
+            ));
+        }
         if let Some(e) = phase.srm_evalue {
             srm.mut_metric().push(gauge(&[("phase_id", id)], e));
         }
@@ -211,7 +233,7 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
                 .push(gauge(&[("phase_id", id), ("guardrail", g.as_str())], 1.0));
         }
     }
-    vec![sum, count, squares, srm, tripped]
+    vec![sum, count, squares, srm, tripped, weights]
 }
 
 impl<F> prometheus::core::Collector for Export<F>
@@ -227,7 +249,6 @@ where
     }
 }
 
-#[allow(dead_code)] // until cluster mode reads it
 /// The cluster's view of one phase, summed over the replicas.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
@@ -241,9 +262,11 @@ pub struct ClusterState {
     pub srm_evalue: Option<f64>,
     /// Guardrails any replica tripped in the phase.
     pub tripped: BTreeSet<String>,
+    /// The phase's arms and weights in config order (the control first), as the
+    /// replicas export them.
+    pub weights: Vec<(String, f64)>,
 }
 
-#[allow(dead_code)] // until cluster mode reads it
 /// Why the cluster's state could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SourceError {
@@ -255,7 +278,6 @@ pub enum SourceError {
     BadPhase(String),
 }
 
-#[allow(dead_code)] // until cluster mode reads it
 /// Reads the cluster's sums for `phase_id` from the Prometheus at `base`.
 pub async fn read(
     client: &HttpClient,
@@ -265,31 +287,22 @@ pub async fn read(
     if phase_id.is_empty() || !phase_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(SourceError::BadPhase(phase_id.chars().take(32).collect()));
     }
-    let selector = format!("{{phase_id=\"{phase_id}\"}}");
-    let by = "variant, metric, bucket";
-    let sums = promql::query(client, base, &format!("sum by ({by}) ({SUM}{selector})")).await?;
-    let counts = promql::query(client, base, &format!("sum by ({by}) ({COUNT}{selector})")).await?;
-    let squares = promql::query(
-        client,
-        base,
-        &format!("sum by (variant, metric) ({SUM_SQUARES}{selector})"),
-    )
-    .await?;
-    let replicas = promql::query(
-        client,
-        base,
-        &format!("count(count by (instance) ({COUNT}{selector}))"),
-    )
-    .await?;
-    let freshest =
-        promql::query(client, base, &format!("max(timestamp({COUNT}{selector}))")).await?;
-    let srm = promql::query(client, base, &format!("avg({SRM_EVALUE}{selector})")).await?;
-    let tripped = promql::query(
-        client,
-        base,
-        &format!("max by (guardrail) ({TRIPPED}{selector})"),
-    )
-    .await?;
+    let [sums, counts, squares, replicas, freshest, srm, tripped, weights] =
+        queries(phase_id).map(|q| async move { promql::query(client, base, &q).await });
+    let (sums, counts, squares, replicas, freshest, srm, tripped, weights) =
+        tokio::join!(sums, counts, squares, replicas, freshest, srm, tripped, weights);
+    let (sums, counts, squares, replicas, freshest, srm, tripped, weights) = (
+        sums?, counts?, squares?, replicas?, freshest?, srm?, tripped?, weights?,
+    );
+    let mut weights: Vec<(usize, String, f64)> = weights
+        .iter()
+        .filter_map(|s| {
+            let arm = s.labels.get("arm")?.parse::<usize>().ok()?;
+            Some((arm, s.labels.get("variant")?.clone(), s.value))
+        })
+        .collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    weights.dedup_by(|a, b| a.0 == b.0);
     Ok(ClusterState {
         arms: assemble(&sums, &counts, &squares),
         replicas: replicas.first().map_or(0, |s| s.value as usize),
@@ -300,10 +313,94 @@ pub async fn read(
             .filter(|s| s.value > 0.0)
             .filter_map(|s| s.labels.get("guardrail").cloned())
             .collect(),
+        weights: weights.into_iter().map(|(_, v, w)| (v, w)).collect(),
     })
 }
 
-#[allow(dead_code)] // until cluster mode reads it
+/// One phase Prometheus has samples of: its id, the newest sample's Unix time, and
+/// the replicas exporting it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseSeen {
+    /// The phase's content id.
+    pub phase_id: String,
+    /// Unix time of its newest sample.
+    pub freshest: f64,
+    /// Replicas exporting it now.
+    pub replicas: usize,
+    /// The largest phase number a replica gives it.
+    pub number: u64,
+}
+
+/// The phases the replicas export now, the current one first: the freshest samples,
+/// then the most replicas (during a change both phases are fresh for up to a tick).
+pub async fn phases(client: &HttpClient, base: &str) -> Result<Vec<PhaseSeen>, QueryError> {
+    let fresh = format!("max by (phase_id) (timestamp({SRM_EVALUE}))");
+    let counts = format!("count by (phase_id) ({SRM_EVALUE})");
+    let numbers = "max by (phase_id) (abgate_experiment_phase_info)";
+    let (fresh, counts, numbers) = tokio::join!(
+        promql::query(client, base, &fresh),
+        promql::query(client, base, &counts),
+        promql::query(client, base, numbers)
+    );
+    let (fresh, counts, numbers) = (fresh?, counts?, numbers?);
+    let of = |samples: &[Sample], id: &str| {
+        samples
+            .iter()
+            .find(|s| s.labels.get("phase_id").map(String::as_str) == Some(id))
+            .map_or(0.0, |s| s.value)
+    };
+    let mut seen: Vec<PhaseSeen> = fresh
+        .iter()
+        .filter_map(|s| {
+            let id = s.labels.get("phase_id")?;
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| PhaseSeen {
+                    phase_id: id.clone(),
+                    freshest: s.value,
+                    replicas: of(&counts, id) as usize,
+                    number: of(&numbers, id) as u64,
+                })
+        })
+        .collect();
+    // Samples a few scrapes apart are equally fresh: then the most replicas decide.
+    let newest = seen.iter().map(|p| p.freshest).fold(f64::MIN, f64::max);
+    let recent = |p: &PhaseSeen| p.freshest >= newest - 3.0;
+    seen.sort_by(|a, b| {
+        recent(b)
+            .cmp(&recent(a))
+            .then(b.replicas.cmp(&a.replicas))
+            .then(b.freshest.total_cmp(&a.freshest))
+    });
+    Ok(seen)
+}
+
+/// How far back a trip is looked for: a trip stays in force for its phase although
+/// every replica that knew of it has restarted since (30 days of Prometheus
+/// retention; beyond, the operator has made the rollback permanent in the config, or
+/// the phase is long over).
+pub const TRIP_MEMORY: &str = "30d";
+
+/// The instant queries of [`read`] for `phase_id` (already checked to be hex): the
+/// sums, counts and sums of squares by arm, metric and bucket over the replicas; the
+/// replicas exporting the phase (each exports its SRM e-value from its first scrape,
+/// before any request); the newest sample's time; the mean SRM e-value; and every
+/// guardrail tripped in the phase by any replica in the last [`TRIP_MEMORY`].
+pub fn queries(phase_id: &str) -> [String; 8] {
+    let selector = format!("{{phase_id=\"{phase_id}\"}}");
+    let by = "variant, metric, bucket";
+    [
+        format!("sum by ({by}) ({SUM}{selector})"),
+        format!("sum by ({by}) ({COUNT}{selector})"),
+        format!("sum by (variant, metric) ({SUM_SQUARES}{selector})"),
+        format!("count(count by (instance) ({SRM_EVALUE}{selector}))"),
+        format!("max(timestamp({SRM_EVALUE}{selector}))"),
+        format!("avg({SRM_EVALUE}{selector})"),
+        format!("max by (guardrail) (max_over_time({TRIPPED}{selector}[{TRIP_MEMORY}]))"),
+        format!("max by (variant, arm) ({ARM_WEIGHT}{selector})"),
+    ]
+}
+
 /// Each arm's statistics from the summed series (samples with an unknown metric or a
 /// bucket out of range are skipped: they are not ours).
 pub fn assemble(
@@ -430,6 +527,7 @@ mod tests {
                         ("best_model".into(), a.clone()),
                         ("candidate_model".into(), b.clone()),
                     ],
+                    weights: vec![90.0, 10.0],
                     srm_evalue: Some(1.0),
                     tripped: vec![],
                 }]
@@ -459,6 +557,30 @@ mod tests {
                 }
                 assert!((g.sum_sq() - m.sum_sq()).abs() <= 1e-9 * m.sum_sq().abs().max(1.0));
             }
+        }
+    }
+
+    #[test]
+    fn every_query_is_about_the_phase_and_trips_are_remembered_for_30_days() {
+        let q = queries("00ff12ab");
+        assert!(
+            q.iter().all(|q| q.contains(r#"{phase_id="00ff12ab"}"#)),
+            "{q:?}"
+        );
+        assert!(
+            q[6].contains("max_over_time(abgate_guardrail_tripped{") && q[6].ends_with("[30d]))")
+        );
+        // Replicas and freshness from the series every replica exports from its first
+        // scrape, before any request.
+        assert!(q[3].contains(SRM_EVALUE) && q[4].contains(SRM_EVALUE));
+    }
+
+    #[tokio::test]
+    async fn a_phase_id_that_is_not_hex_never_reaches_a_query() {
+        let client = HttpClient::new(std::time::Duration::from_millis(100));
+        for bad in ["", "ab\"}) or vector(1", "zz"] {
+            let r = read(&client, "http://127.0.0.1:9", bad).await;
+            assert!(matches!(r, Err(SourceError::BadPhase(_))), "{bad}: {r:?}");
         }
     }
 

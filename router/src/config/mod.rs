@@ -13,6 +13,8 @@ use std::time::Duration;
 use crate::assignment::Split;
 
 mod client;
+mod cluster;
+pub use cluster::{ClusterConfig, STALE_INTERVALS};
 pub mod edit;
 mod reload;
 pub use client::ClientConfig;
@@ -82,6 +84,14 @@ struct RawExperiment {
     audit_log: String,
     #[serde(default = "yes")]
     statistics: bool,
+    #[serde(default)]
+    prometheus_url: String,
+    #[serde(default = "default_cluster_interval")]
+    cluster_interval_ms: u64,
+}
+
+fn default_cluster_interval() -> u64 {
+    cluster::DEFAULT_CLUSTER_INTERVAL_MS
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +332,9 @@ pub struct AnalysisConfig {
     /// Where guardrail trips are appended as JSON lines (relative paths are resolved
     /// against the config file's directory; default `abgate-audit.jsonl` next to it).
     pub audit_log: PathBuf,
+    /// Cluster mode (`experiment.prometheus_url`, `experiment.cluster_interval_ms`):
+    /// `None` is a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// One arm.
@@ -567,6 +580,12 @@ impl RouterConfig {
             min_samples: raw.experiment.min_samples,
             user_sample_cap: raw.experiment.user_sample_cap,
             audit_log: audit_log_path(path, &raw.experiment.audit_log),
+            cluster: cluster::validate_cluster(
+                &raw.experiment.prometheus_url,
+                raw.experiment.cluster_interval_ms,
+                raw.experiment.statistics,
+            )
+            .map_err(|(key, reason)| invalid(&key, reason))?,
         };
         if analysis.min_samples == 0 {
             return Err(invalid(

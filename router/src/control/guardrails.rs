@@ -22,16 +22,27 @@ use crate::clock::unix_now;
 use crate::config::edit::{edit_file, edit_weights};
 use crate::config::{config_hash, GuardrailAction, GuardrailConfig, RouterConfig};
 use crate::error::RouterError;
-use crate::experiment::{ComparisonView, FileChange, Trip};
+use crate::experiment::{ComparisonView, FileChange, Trip, TripOrigin};
 use crate::state::Router;
 
 /// One tick: refresh the gauges, then carry out every guardrail beyond its allowance
-/// (once per phase).
+/// (once per phase). In cluster mode only the gauges: guardrails act on the cluster's
+/// figures (`control::cluster`), never on one replica's share.
 pub fn tick(router: &Router) {
     let active = router.active();
+    if active.config.analysis.cluster.is_some() {
+        router.experiment.refresh(&active.phase, &active.config);
+        return;
+    }
     let (phase, tripped) = router.experiment.tripped(&active.phase, &active.config);
     for (guardrail, comparison) in tripped {
-        let record = trip(router, guardrail, &comparison, phase);
+        let record = trip(
+            router,
+            guardrail,
+            Some(&comparison),
+            phase,
+            TripOrigin::Local,
+        );
         router.experiment.remember(record);
     }
 }
@@ -44,13 +55,15 @@ fn weights_of(config: &RouterConfig) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Records a trip of `guardrail` on `comparison`: rolls back if asked, audits, logs
-/// and returns what happened.
+/// Records a trip of `guardrail` on `comparison` (none for a trip another replica
+/// recorded and this one applies without fresh figures): rolls back if asked, audits,
+/// logs and returns what happened.
 pub fn trip(
     router: &Router,
     guardrail: &GuardrailConfig,
-    comparison: &ComparisonView,
+    comparison: Option<&ComparisonView>,
     phase: u64,
+    origin: TripOrigin,
 ) -> Trip {
     let before = router.active();
     let old_weights = weights_of(&before.config);
@@ -79,15 +92,19 @@ pub fn trip(
         phase,
         phase_id,
         alpha: Some(alpha),
-        estimate: comparison.estimate,
-        interval: [comparison.ci_low, comparison.ci_high],
+        estimate: comparison.and_then(|c| c.estimate),
+        interval: [
+            comparison.and_then(|c| c.ci_low),
+            comparison.and_then(|c| c.ci_high),
+        ],
         max_degradation: guardrail.max_degradation,
-        n: comparison.n,
+        n: comparison.map_or(0, |c| c.n),
         old_weights,
         new_weights: weights_of(&after.config),
         config_version: after.version,
         file,
         note,
+        origin,
     };
     tracing::warn!(
         guardrail = %record.guardrail,
@@ -96,8 +113,9 @@ pub fn trip(
         action = ?record.action,
         phase_id = %record.phase_id,
         estimate = ?record.estimate,
-        ci_low = ?comparison.ci_low,
-        ci_high = ?comparison.ci_high,
+        ci_low = ?record.interval[0],
+        ci_high = ?record.interval[1],
+        origin = ?record.origin,
         n = record.n,
         config_version = record.config_version,
         file = ?record.file,
@@ -303,6 +321,7 @@ mod tests {
             config_version: 2,
             file: FileChange::Written,
             note: None,
+            origin: TripOrigin::Local,
         };
         append_audit(&path, &trip).unwrap_or_else(|e| panic!("{e}"));
         append_audit(&path, &trip).unwrap_or_else(|e| panic!("{e}"));

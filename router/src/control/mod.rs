@@ -1,7 +1,9 @@
 //! The control layer: the only code that changes the live router after start-up
-//! (guardrail rollbacks and the progressive rollout here; reloads and health checks
-//! beside it). Features below it decide; this layer acts on their decisions.
+//! (guardrail rollbacks, cluster mode's trips and the progressive rollout here;
+//! reloads and health checks beside it). Features below it decide; this layer acts
+//! on their decisions.
 
+pub mod cluster;
 pub mod guardrails;
 pub mod rollout;
 #[cfg(test)]

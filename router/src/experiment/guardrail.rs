@@ -21,6 +21,20 @@ pub enum FileChange {
     None,
 }
 
+/// What a trip was decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TripOrigin {
+    /// This router's own data (a single node).
+    #[default]
+    Local,
+    /// The cluster's sums, read from Prometheus by this replica (cluster mode).
+    Cluster,
+    /// Recorded by another replica (or by this one before a restart) and applied
+    /// here (cluster mode).
+    Replica,
+}
+
 /// One trip, as audited and shown by `/api/experiment`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Trip {
@@ -60,4 +74,7 @@ pub struct Trip {
     pub file: FileChange,
     /// Why the file was not written, if it was not.
     pub note: Option<String>,
+    /// What it was decided on: `local`, `cluster` or `replica`.
+    #[serde(default)]
+    pub origin: TripOrigin,
 }

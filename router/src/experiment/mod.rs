@@ -23,6 +23,7 @@
 pub mod gauges;
 pub mod guardrail;
 pub mod phase;
+pub mod source;
 pub mod srm;
 pub mod users;
 
@@ -38,8 +39,9 @@ use crate::clock::unix_now;
 use crate::cluster::PhaseExport;
 use crate::config::{GuardrailAction, GuardrailConfig, RouterConfig};
 pub use gauges::Gauges;
-pub use guardrail::{FileChange, Trip};
+pub use guardrail::{FileChange, Trip, TripOrigin};
 pub use phase::{ArmFigures, ComparisonView, FamilyView, Phase, PhaseSummary, Placement};
+pub use source::{Source, SourceKind};
 pub use srm::SrmView;
 
 /// Phases kept in `history`.
@@ -125,6 +127,24 @@ pub struct ExperimentView {
     pub guardrails: Vec<GuardrailView>,
     /// Summaries of the last phases, newest first.
     pub history: Vec<PhaseSummary>,
+    /// Where the comparisons, SRM and guardrails come from: `local` (this router's
+    /// own state) or `prometheus` (cluster mode: the cluster's sums for the phase).
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Replicas whose state the verdicts come from (1 on a single node; in cluster
+    /// mode, those that exported the phase in the last read).
+    #[serde(default)]
+    pub replicas: usize,
+    /// Whether the source's data is fresh enough to act on; when it is not, the
+    /// comparisons and SRM shown are this replica's own and no guardrail acts.
+    #[serde(default)]
+    pub source_up: bool,
+    /// Why the source is not up (`null` when it is).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Unix time of the newest sample of the last read (cluster mode).
+    #[serde(default)]
+    pub source_freshest: Option<f64>,
 }
 
 /// What outlives a phase.
@@ -133,6 +153,8 @@ pub struct Experiment {
     trips: Mutex<HashMap<String, Trip>>,
     /// The Prometheus families.
     pub gauges: Gauges,
+    /// Where verdicts come from (local, or the cluster's state in cluster mode).
+    pub source: Source,
 }
 
 /// Whether `c` lies beyond `max_degradation` in the worse direction (and has a
@@ -150,6 +172,7 @@ impl Experiment {
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             trips: Mutex::new(HashMap::new()),
             gauges: Gauges::new(registry)?,
+            source: Source::new(registry)?,
         })
     }
 
@@ -200,7 +223,17 @@ impl Experiment {
     ) -> PhaseSummary {
         let summary = phase.summary_of(snapshot, config.analysis.min_samples, None);
         let names: Vec<&str> = config.guardrails.iter().map(|g| g.name.as_str()).collect();
-        self.gauges.refresh(&summary, &names);
+        match self.cluster_cells(phase, snapshot) {
+            // Cluster mode, fresh: every replica exports the cluster's comparisons
+            // (the same figures on every pod); users and SRM stay this replica's.
+            Some(cells) => {
+                let mut shown = phase.summary_of(&cells, config.analysis.min_samples, None);
+                shown.srm = summary.srm.clone();
+                shown.arms.clone_from(&summary.arms);
+                self.gauges.refresh(&shown, &names);
+            }
+            None => self.gauges.refresh(&summary, &names),
+        }
         summary
     }
 
@@ -215,9 +248,21 @@ impl Experiment {
     ) -> (u64, Vec<(&'c GuardrailConfig, ComparisonView)>) {
         let snapshot = phase.snapshot();
         let summary = self.refresh_from(phase, &snapshot, config);
+        (summary.phase, self.tripped_in(phase, &snapshot, config))
+    }
+
+    /// The guardrails of `config` that trip on `cells` (the phase's own snapshot, or
+    /// the cluster's: [`Experiment::cluster_cells`]), each with its comparison; each
+    /// trip is marked in the phase (once) and counted.
+    pub fn tripped_in<'c>(
+        &self,
+        phase: &Phase,
+        cells: &[phase::ArmCell],
+        config: &'c RouterConfig,
+    ) -> Vec<(&'c GuardrailConfig, ComparisonView)> {
         let mut tripped = Vec::new();
         for g in &config.guardrails {
-            let Some(c) = guarded(phase, &snapshot, config, g) else {
+            let Some(c) = guarded(phase, cells, config, g) else {
                 continue;
             };
             if !beyond(&c, g.max_degradation) || !phase.trip_once(&g.name) {
@@ -226,7 +271,32 @@ impl Experiment {
             self.gauges.trips.with_label_values(&[&g.name]).inc();
             tripped.push((g, c));
         }
-        (summary.phase, tripped)
+        tripped
+    }
+
+    /// The comparison guardrail `g` watches on `cells`, at its family's level.
+    pub fn guarded(
+        &self,
+        phase: &Phase,
+        cells: &[phase::ArmCell],
+        config: &RouterConfig,
+        g: &GuardrailConfig,
+    ) -> Option<ComparisonView> {
+        guarded(phase, cells, config, g)
+    }
+
+    /// The phase's cells with the cluster's statistics, when the source is the
+    /// cluster's, up, and its last read is of this phase (`None` otherwise).
+    pub fn cluster_cells(
+        &self,
+        phase: &Phase,
+        local: &[phase::ArmCell],
+    ) -> Option<Vec<phase::ArmCell>> {
+        let state = self.source.state();
+        let figures = state
+            .figures
+            .filter(|f| state.up && f.phase_id == phase.id)?;
+        Some(figures.cells(&phase.variants, local))
     }
 
     /// What this replica exports for the cluster ([`crate::cluster::Export`]): the
@@ -243,6 +313,7 @@ impl Experiment {
         let mut current = PhaseExport {
             phase_id: phase.id.clone(),
             arms,
+            weights: phase.weights.clone(),
             srm_evalue: Some(phase.srm().e_value),
             tripped: Vec::new(),
         };
@@ -270,8 +341,19 @@ impl Experiment {
 
     /// `GET /api/experiment` for config version `version` and its phase.
     pub fn view(&self, phase: &Phase, config: &RouterConfig, version: u64) -> ExperimentView {
-        let snapshot = phase.snapshot();
-        let summary = self.refresh_from(phase, &snapshot, config);
+        let local = phase.snapshot();
+        self.refresh_from(phase, &local, config);
+        let source = self.source.state();
+        // In cluster mode, while the source is up: the cluster's sums and SRM.
+        let figures = source
+            .figures
+            .as_ref()
+            .filter(|f| source.up && f.phase_id == phase.id);
+        let snapshot = figures.map_or_else(|| local.clone(), |f| f.cells(&phase.variants, &local));
+        let mut summary = phase.summary_of(&snapshot, config.analysis.min_samples, None);
+        if let Some(f) = figures {
+            summary.srm = f.srm(summary.srm);
+        }
         let trips = lock(&self.trips);
         let guardrails = config
             .guardrails
@@ -322,6 +404,11 @@ impl Experiment {
             feedback_outside_phase: summary.feedback_outside_phase,
             guardrails,
             history: lock(&self.history).iter().cloned().collect(),
+            source: source.kind,
+            replicas: source.replicas,
+            source_up: source.up,
+            reason: source.reason,
+            source_freshest: source.freshest,
         }
     }
 }

@@ -125,14 +125,21 @@ def by_user(case, alpha, tuning_n, family_k):
     pooled_df = max(pooled_buckets - 1.0, 1.0)
 
     def floor(e):
+        # A proportion's arm is never less uncertain than its own count allows:
+        # Jeffreys' pseudo-counts, p = (x + 1/2) / (n + 1).
+        least = pooled
+        x = round(e["mean"] * e["n"])
+        if case.get("proportion") and (x == 0 or x == e["n"]):
+            p = (x + 0.5) / (e["n"] + 1.0)
+            least = max(pooled, p * (1.0 - p))
         v = e["jackknife_variance"] * e["n"]
         s = e["unit_variance"]
         df = max(e["effective_buckets"] - 1.0, 1.0)
-        if s >= pooled:
+        if s >= least:
             return v / e["n"], s, df, False
         if s > 0 and v > 0:
-            return v * pooled / s / e["n"], pooled, df, True
-        return max(v, pooled) / e["n"], pooled, pooled_df, True
+            return v * least / s / e["n"], least, df, True
+        return max(v, least) / e["n"], least, pooled_df, True
 
     w_a, u_a, df_a, floored_a = floor(a)
     w_c, u_c, df_c, floored_c = floor(c)
