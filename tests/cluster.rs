@@ -513,7 +513,9 @@ impl Traffic {
     }
 }
 
-fn router_text(prometheus: &str, best: &str, candidate: &str) -> String {
+/// A replica's config; `allowance` is its guardrail's `max_degradation` (the phase
+/// is the same whatever it is: salt, arms and weights).
+fn router_text(prometheus: &str, best: &str, candidate: &str, allowance: f64) -> String {
     format!(
         "listen = \"127.0.0.1:0\"\nworkers = 1\n\
          [experiment]\nname = \"cluster\"\nsalt = \"wine-2026-11\"\nmin_samples = 100\n\
@@ -521,7 +523,7 @@ fn router_text(prometheus: &str, best: &str, candidate: &str) -> String {
          [[arms]]\nname = \"{BEST}\"\nurl = \"{best}\"\nweight = 50\n\
          [[arms]]\nname = \"{CANDIDATE}\"\nurl = \"{candidate}\"\nweight = 50\n\
          [[guardrails]]\nname = \"candidate_errors\"\nmetric = \"error_rate\"\narm = \"{CANDIDATE}\"\n\
-         max_degradation = 0.01\naction = \"rollback\"\n\
+         max_degradation = {allowance}\naction = \"rollback\"\n\
          [health]\ninterval_ms = 200\ntimeout_ms = 5000\nunhealthy_threshold = 3\nhealthy_threshold = 1\n\
          [upstream]\nconnect_timeout_ms = 5000\n[reload]\npoll_interval_ms = 250\n"
     )
@@ -539,7 +541,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    /// `allowances`: each replica's guardrail allowance.
+    async fn start(allowances: [f64; REPLICAS]) -> Cluster {
         require("prometheus");
         require("haproxy");
         let started = Instant::now();
@@ -550,8 +553,8 @@ impl Cluster {
             .collect();
         let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
         let prometheus = Prometheus::start(&ports).await;
-        let text = router_text(&prometheus.url, &best.url, &front.url);
-        for r in &mut replicas {
+        for (r, allowance) in replicas.iter_mut().zip(allowances) {
+            let text = router_text(&prometheus.url, &best.url, &front.url, allowance);
             let data = std::fs::read_link(r.dir.path().join("..data")).unwrap();
             std::fs::write(r.dir.path().join(data).join("router.toml"), &text).unwrap();
         }
@@ -624,7 +627,7 @@ async fn the_clusters_figures_are_the_sum_of_the_replicas_and_every_surface_show
 ) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start([0.01; REPLICAS]).await;
     let c = client();
     let traffic = Traffic::start(&cluster.proxy.url, 3000);
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -811,7 +814,9 @@ async fn a_failing_candidate_is_rolled_back_on_every_replica_within_two_ticks_an
 {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let mut cluster = Cluster::start().await;
+    // r2's own guardrail allows 90 points, so it never trips on the figures itself: it
+    // rolls back only by applying the trip another replica recorded.
+    let mut cluster = Cluster::start([0.01, 0.01, 0.9]).await;
     let c = client();
     cluster.all_fresh(Duration::from_secs(10)).await;
     cluster.front.fail_every(20); // 5% of the candidate's requests fail
@@ -867,6 +872,14 @@ async fn a_failing_candidate_is_rolled_back_on_every_replica_within_two_ticks_an
     assert!(
         spread <= 2.0 * TICK_MS as f64 / 1000.0,
         "every replica within two ticks of the first: {spread:.3}s"
+    );
+    // The first trip is decided on the cluster's figures; r2 only applies records (the
+    // others may do either, whichever their next tick sees first).
+    let origins: Vec<&str> = trips.iter().map(|t| t.2.as_str()).collect();
+    assert_eq!(origins[2], "replica", "{trips:?}");
+    assert!(
+        trips.iter().any(|t| t.1 == first && t.2 == "cluster"),
+        "{trips:?}"
     );
 
     // Users who got both arms in the window: the candidate's users who got the control
@@ -970,7 +983,7 @@ async fn without_prometheus_nothing_acts_and_serving_is_unchanged_and_it_comes_b
 ) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let mut cluster = Cluster::start().await;
+    let mut cluster = Cluster::start([0.01; REPLICAS]).await;
     let c = client();
     let traffic = Traffic::start(&cluster.proxy.url, 2000);
     cluster.all_fresh(Duration::from_secs(10)).await;

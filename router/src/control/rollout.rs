@@ -228,6 +228,11 @@ pub struct Evidence {
     /// step exposed, once the step has ended).
     #[serde(default)]
     pub previous_phase_users: u64,
+    /// In cluster mode, why the cluster's figures cannot be acted on now (stale or
+    /// unreachable Prometheus): nothing advances, rolls back or passes on one
+    /// replica's share of the evidence.
+    #[serde(default)]
+    pub stale: Option<String>,
 }
 
 /// What the controller does on a tick.
@@ -287,6 +292,9 @@ pub fn decide(
 ) -> Decision {
     if state != RolloutState::Running {
         return Decision::Hold(vec![format!("the rollout is {}", state.as_str())]);
+    }
+    if let Some(why) = &evidence.stale {
+        return Decision::Hold(vec![format!("the cluster's figures are not fresh: {why}")]);
     }
     // A gate beyond its allowance rolls back at once, whatever else.
     if let Some(g) = evidence
@@ -450,6 +458,13 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
         gates,
         last_trip,
         previous_phase_users,
+        stale: (view.source == crate::experiment::SourceKind::Prometheus && !view.source_up).then(
+            || {
+                view.reason
+                    .clone()
+                    .unwrap_or_else(|| "no fresh data".to_string())
+            },
+        ),
     }
 }
 
@@ -1201,6 +1216,14 @@ pub fn judge(arm: &str, evidence: &Evidence, rolled_back: bool) -> VerdictView {
     if evidence.gates.is_empty() {
         open.push(format!("no guardrail watches {arm}: nothing can pass"));
     }
+    if let Some(why) = &evidence.stale {
+        return VerdictView {
+            verdict: "inconclusive",
+            reasons: vec![format!("the cluster's figures are not fresh: {why}")],
+            arm: arm.to_string(),
+            gates: evidence.gates.clone(),
+        };
+    }
     let mut passed = Vec::new();
     for g in &evidence.gates {
         match g.status() {
@@ -1335,7 +1358,29 @@ mod tests {
             ],
             last_trip: None,
             previous_phase_users: 0,
+            stale: None,
         }
+    }
+
+    #[test]
+    fn stale_cluster_figures_hold_the_ramp_and_judge_nothing() {
+        let config = RolloutConfig {
+            min_step: Duration::ZERO,
+            min_users_per_step: 0,
+            ..config()
+        };
+        let healthy = healthy();
+        assert!(matches!(
+            decide(&config, RolloutState::Running, 0, 1e9, &healthy),
+            Decision::Advance { .. }
+        ));
+        assert_eq!(judge("c", &healthy, false).verdict, "pass");
+        let mut stale = healthy;
+        stale.gates[0] = gate("errors", Metric::ErrorRate, 0.01, 0.02, 0.03);
+        stale.stale = Some("Prometheus at http://p:9090 is unreachable".into());
+        let waiting = hold(decide(&config, RolloutState::Running, 0, 1e9, &stale));
+        assert!(waiting[0].contains("not fresh"), "{waiting:?}");
+        assert_eq!(judge("c", &stale, false).verdict, "inconclusive");
     }
 
     fn hold(d: Decision) -> Vec<String> {

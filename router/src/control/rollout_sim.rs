@@ -115,6 +115,7 @@ fn ramp(world: &World, seed: u64) -> Outcome {
             }
         }
         let evidence = Evidence {
+            stale: None,
             phase_id: String::new(),
             candidate_users,
             srm_alarm: false,
