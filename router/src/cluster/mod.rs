@@ -149,8 +149,9 @@ fn gauge(labels: &[(&str, &str)], value: f64) -> prometheus::proto::Metric {
     m
 }
 
-/// The families for `phases` (buckets that saw no observation are left out: an
-/// absent series sums as 0).
+/// The families for `phases`. Every bucket of every arm and metric of a phase is
+/// exported, zeros included: the series are fixed by the config (arms) from the
+/// phase's start, so no request — bad input included — ever adds one.
 pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
     let mut sum = family(
         SUM,
@@ -191,13 +192,7 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
         for (variant, stats) in &phase.arms {
             for metric in Metric::ALL {
                 let sums = stats.sums(metric);
-                if sums.count() == 0 {
-                    continue;
-                }
                 for (b, (s, n)) in sums.buckets().enumerate() {
-                    if n == 0 {
-                        continue;
-                    }
                     let labels = [
                         ("phase_id", id),
                         ("variant", variant.as_str()),
