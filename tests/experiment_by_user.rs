@@ -389,11 +389,13 @@ async fn an_aa_test_with_heavy_users_at_90_10_reaches_no_false_verdict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_2_points_worse_under_the_same_heavy_traffic_is_worse() {
     let shared = SameModelArm::start("best_model").await;
-    // The same model behind a proxy that fails 1 request in 50 (2 points). Twice the
-    // A/A test's traffic: the heavy users leave few effective buckets, and the verdict
-    // is at the family's level (α / 5).
+    // The same model behind a proxy that fails 1 request in 50 (2 points). Four times
+    // the A/A test's traffic: the heavy users leave few effective buckets, and the
+    // verdict is at the family's level (α / 5). At 60,000 requests the family verdict
+    // was measured borderline (95% interval [+0.5, +3.5] points, family not yet), so
+    // whether it showed depended on which requests the proxy failed.
     let (flaky, _stop) = failing_proxy(shared.url.clone(), 50).await;
-    let (view, exit) = heavy_run(&shared.url, &flaky, 60_000).await;
+    let (view, exit) = heavy_run(&shared.url, &flaky, 120_000).await;
     assert_eq!(family_verdict(&view, "error_rate"), "worse");
     assert_eq!(view["family"]["any_worse"], true);
     for metric in ["absolute_error", "rating", "accurate_share"] {

@@ -557,15 +557,25 @@ async fn an_arms_json_error_passes_through_and_is_counted_by_its_type() {
     assert_eq!(r.status, 422);
     assert!(r.body.contains("alcohol is missing"), "{}", r.body);
     assert_eq!(r.header("x-variant"), Some("best_model"));
-    let text = router.metrics(&client_http()).await;
-    assert_eq!(
-        metric(
-            &text,
-            "prediction_errors_total",
-            &[("variant", "best_model"), ("error_type", "invalid_input")]
-        ),
-        1.0
-    );
+    // Counted once the router has recorded it: the client may read its answer a moment
+    // before that.
+    let c = client_http();
+    eventually(
+        "the arm's error is counted by its type",
+        Duration::from_secs(10),
+        || {
+            let (c, r) = (c.clone(), &router);
+            async move {
+                let text = r.metrics(&c).await;
+                metric(
+                    &text,
+                    "prediction_errors_total",
+                    &[("variant", "best_model"), ("error_type", "invalid_input")],
+                ) == 1.0
+            }
+        },
+    )
+    .await;
     router.stop().await;
 }
 

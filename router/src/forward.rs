@@ -156,12 +156,17 @@ pub async fn predict<C: Client>(
         request.request_id,
         request.close,
     );
-    let (answer, outcome, copy) = match forwarded.result {
+    let Relayed {
+        answer,
+        outcome,
+        copy,
+        reusable,
+    } = match forwarded.result {
         Err(e) => {
             tracing::debug!(error = %e, "predict failed");
             let err = e.to_api();
             let outcome = send_error(client, head, &err, request, &tags).await;
-            (Answer::Router(err.kind), outcome, None)
+            Relayed::ended(Answer::Router(err.kind), outcome)
         }
         Ok((upstream, response)) => {
             let shadowed = !active.shadows.is_empty()
@@ -173,7 +178,12 @@ pub async fn predict<C: Client>(
             .await
         }
     };
+    // Recorded first, then the connection goes back to the pool: a client that has its
+    // answer finds it counted as soon as possible.
     policy::record_prediction(router, active, &assigned, serving, answer, request.started);
+    if let Some((upstream, response)) = reusable {
+        release(upstream, &response, &active.config.upstream);
+    }
     if let Some(copy) = copy {
         let primary = if C::STREAMS {
             (!copy.overflowed).then_some(&copy.body[..])
@@ -220,9 +230,30 @@ fn assign(active: &Active, request: &Prediction<'_>) -> Assignment {
     assigned
 }
 
-/// Classifies the arm's answer, writes the client's head and relays the body. Returns
-/// how the prediction was answered, the connection's outcome, and the shadow's copy
-/// when the answer was complete and the user is mirrored.
+/// What relaying an answer came to.
+struct Relayed {
+    /// How the prediction was answered.
+    answer: Answer,
+    /// The client connection's outcome.
+    outcome: Outcome,
+    /// The shadow's copy, when the answer was complete and the user is mirrored.
+    copy: Option<BodyCopy>,
+    /// The arm connection, when its answer was read exactly (to go back to the pool).
+    reusable: Option<(Upstream, ResponseHead)>,
+}
+
+impl Relayed {
+    fn ended(answer: Answer, outcome: Outcome) -> Relayed {
+        Relayed {
+            answer,
+            outcome,
+            copy: None,
+            reusable: None,
+        }
+    }
+}
+
+/// Classifies the arm's answer, writes the client's head and relays the body.
 // The answer's parts and where it goes: a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn relay_answer<C: Client>(
@@ -236,7 +267,7 @@ async fn relay_answer<C: Client>(
     tags: &Tags<'_>,
     serving: Option<usize>,
     shadowed: bool,
-) -> (Answer, Outcome, Option<BodyCopy>) {
+) -> Relayed {
     let settings = &active.config.upstream;
     let deadline = tokio::time::Instant::now() + settings.request_timeout;
     let error = if response.status.is_success() {
@@ -277,29 +308,33 @@ async fn relay_answer<C: Client>(
     };
     let (err, wrote) = match relayed {
         Relay::Done => {
-            release(upstream, &response, settings);
-            let reusable = !request.close && response.framing != Framing::UntilClose;
-            let outcome = if reusable {
+            let keep_alive = !request.close && response.framing != Framing::UntilClose;
+            let outcome = if keep_alive {
                 Outcome::KeepAlive
             } else {
                 Outcome::Close
             };
-            return (answered, outcome, copy);
+            return Relayed {
+                answer: answered,
+                outcome,
+                copy,
+                reusable: Some((upstream, response)),
+            };
         }
         Relay::UpstreamFailed { relayed, reason } => (broken(reason), relayed || wrote),
         // Only a buffering transport has a limit: its answer is then the router's 502.
         Relay::TooLarge if !C::STREAMS => (broken("the answer exceeds 16 MiB"), false),
         Relay::TooLarge | Relay::ClientGone => {
-            return (answered, Outcome::ClientGone, None);
+            return Relayed::ended(answered, Outcome::ClientGone);
         }
     };
     let answer = Answer::Router(err.kind);
     if wrote {
         // Part of the answer is out: the only honest signal left is a close.
-        return (answer, Outcome::Close, None);
+        return Relayed::ended(answer, Outcome::Close);
     }
     let outcome = send_error(client, head, &err, request, tags).await;
-    (answer, outcome, None)
+    Relayed::ended(answer, outcome)
 }
 
 /// Writes the router's own error answer (in the request's protocol) to the client.
