@@ -149,3 +149,25 @@ mod tests {
         assert_eq!(c.verdict, Verdict::NoDifferenceYet);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::Comparison;
+    use crate::{Metric, Verdict};
+
+    /// A comparison whose intervals are `[low, high]` (1,000 observations each side),
+    /// for the tests of the rules that read intervals.
+    pub fn interval(metric: Metric, low: f64, high: f64, verdict: Verdict) -> Comparison {
+        Comparison {
+            metric,
+            estimate: Some((low + high) / 2.0),
+            ci_low: Some(low),
+            ci_high: Some(high),
+            fixed_low: Some(low),
+            fixed_high: Some(high),
+            n_arm: 1000,
+            n_control: 1000,
+            verdict,
+        }
+    }
+}

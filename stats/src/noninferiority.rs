@@ -78,19 +78,7 @@ pub fn not_worse(comparison: &Comparison, max_degradation: f64) -> bool {
 mod tests {
     use super::*;
 
-    fn comparison(metric: Metric, low: f64, high: f64, verdict: Verdict) -> Comparison {
-        Comparison {
-            metric,
-            estimate: Some((low + high) / 2.0),
-            ci_low: Some(low),
-            ci_high: Some(high),
-            fixed_low: Some(low),
-            fixed_high: Some(high),
-            n_arm: 1000,
-            n_control: 1000,
-            verdict,
-        }
-    }
+    use crate::comparison::tests_support::interval as comparison;
 
     #[test]
     fn lower_is_better_needs_the_high_end_below_the_margin() {

@@ -175,6 +175,19 @@ fn create_exclusive(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File), 
 
 #[cfg(test)]
 pub(crate) mod tests_support {
+    use std::path::{Path, PathBuf};
+
+    /// `text` mounted as the kubelet mounts a ConfigMap in `dir`: `router.toml` is a
+    /// symlink to `..data/router.toml`. Returns the symlink's path.
+    pub fn kubelet_layout(dir: &Path, text: &str) -> PathBuf {
+        let data = dir.join("..data");
+        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(data.join("router.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("router.toml");
+        std::os::unix::fs::symlink("..data/router.toml", &path).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
     /// A small config file with comments, for the tests of the edits and of what uses them.
     pub const EXAMPLE: &str = r#"# The router.
 listen = "127.0.0.1:8080"

@@ -281,12 +281,7 @@ mod tests {
     #[test]
     fn a_rollback_through_a_symlinked_config_is_in_memory_only() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        // The kubelet's layout: router.toml -> ..data/router.toml.
-        let data = dir.path().join("..data");
-        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(data.join("router.toml"), FILE).unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("router.toml");
-        std::os::unix::fs::symlink("..data/router.toml", &path).unwrap_or_else(|e| panic!("{e}"));
+        let path = crate::config::edit::tests_support::kubelet_layout(dir.path(), FILE);
         let router = router_at(&path);
         let before = router.active().hash.clone();
         let (file, note) = rollback(&router, "candidate_model").unwrap_or_else(|e| panic!("{e}"));

@@ -1595,11 +1595,7 @@ mod tests {
     #[test]
     fn a_symlinked_config_is_never_edited_and_the_step_is_in_memory_only() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let data = dir.path().join("..data");
-        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(data.join("router.toml"), FILE).unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("router.toml");
-        std::os::unix::fs::symlink("..data/router.toml", &path).unwrap_or_else(|e| panic!("{e}"));
+        let path = crate::config::edit::tests_support::kubelet_layout(dir.path(), FILE);
         let router = router_at(&path);
         tick(&router);
         let v = view(&router);
