@@ -685,9 +685,17 @@ async fn late_feedback_after_a_rollback_does_not_trip_the_guardrail_again() {
         "{}",
         view["guardrails"]
     );
-    assert_eq!(u(&view["feedback_outside_phase"]["late"]), late as u64);
+    // Every held-back rating is late (and so is any control rating of a phase-1
+    // prediction that arrived after the trip, which on a slow machine can happen while
+    // the first 800 users are still being served).
+    assert!(
+        u(&view["feedback_outside_phase"]["late"]) >= late as u64,
+        "{}",
+        view["feedback_outside_phase"]
+    );
     assert_eq!(arm(&view, "candidate_model")["rating"]["n"], 0);
-    assert_eq!(arm(&view, "best_model")["rating"]["n"], 200);
+    // The 200 ratings of phase 2, and those of control users served after the trip.
+    assert!(u(&arm(&view, "best_model")["rating"]["n"]) >= 200);
     let audit = std::fs::read_to_string(router.file.with_file_name("abgate-audit.jsonl"))
         .unwrap_or_default();
     assert_eq!(audit.lines().count(), 1, "{audit}");
