@@ -1074,9 +1074,12 @@ async fn without_prometheus_nothing_acts_and_serving_is_unchanged_and_it_comes_b
     eprintln!(
         "Prometheus restarted: ready after {ready:.2}s, first scrape of the routers after {scraped_after:.2}s, every replica source_up 1 {back:.2}s after that"
     );
+    // Two ticks after the first scrape of a router, plus a second: the other routers'
+    // first scrapes come up to a scrape interval (1 s) later, and the replicas' ticks
+    // and this test's polling share two cores with Prometheus, HAProxy and the arms.
     assert!(
-        back <= 2.0 * TICK_MS as f64 / 1000.0,
-        "back {back:.2}s after the first scrape: more than two ticks"
+        back <= 2.0 * TICK_MS as f64 / 1000.0 + 1.0,
+        "back {back:.2}s after the first scrape: more than two ticks and a scrape interval"
     );
     // And the cluster's guardrail acts again: the failing candidate is rolled back.
     for r in &cluster.replicas {
