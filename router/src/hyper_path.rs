@@ -221,6 +221,29 @@ impl forward::Client for Collected {
     }
 }
 
+/// The request's head and whole body (within the body limit and timeout), or the
+/// counted error answer in the shape of `endpoint`'s protocol.
+async fn read_whole(
+    router: &Router,
+    active: &Active,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Result<(http::request::Parts, Bytes), Response<RouterBody>> {
+    let (parts, body) = req.into_parts();
+    let limit = active.config.body_limit_bytes;
+    match read_body(
+        &parts.headers,
+        body,
+        limit,
+        active.config.client.body_timeout,
+    )
+    .await
+    {
+        Ok(body) => Ok((parts, body)),
+        Err(e) => Err(reject_unassigned_on(router, &e, endpoint)),
+    }
+}
+
 /// A prediction through hyper: `/predict`, or the protocol's `infer` (whose body may
 /// be binary tensors, so its sticky key comes from `X-User-Id` only).
 pub(crate) async fn predict(
@@ -230,18 +253,9 @@ pub(crate) async fn predict(
     request_id: &HeaderValue,
     endpoint: Endpoint,
 ) -> Response<RouterBody> {
-    let (parts, body) = req.into_parts();
-    let limit = active.config.body_limit_bytes;
-    let body = match read_body(
-        &parts.headers,
-        body,
-        limit,
-        active.config.client.body_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return reject_unassigned_on(router, &e, endpoint),
+    let (parts, body) = match read_whole(router, active, req, endpoint).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     // The arm's latency starts once the request is complete: a client's slow upload
     // is not the arm's time.
@@ -292,18 +306,9 @@ pub(crate) async fn feedback(
     req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<RouterBody> {
-    let (parts, body) = req.into_parts();
-    let limit = active.config.body_limit_bytes;
-    let body = match read_body(
-        &parts.headers,
-        body,
-        limit,
-        active.config.client.body_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return reject_unassigned(router, &e),
+    let (parts, body) = match read_whole(router, active, req, Endpoint::Predict).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let target = match policy::feedback_target(active, &parts.headers, parsed.as_ref()) {

@@ -189,6 +189,17 @@ impl Gate {
         }
     }
 
+    /// Why this gate rolls a ramp back (and fails a verdict): beyond its allowance.
+    fn worse_reason(&self) -> String {
+        format!(
+            "{}: {} worse than the allowed {} ({})",
+            self.name,
+            metric_name(self.metric),
+            allowance(self.metric, self.max_degradation),
+            self.interval()
+        )
+    }
+
     fn interval(&self) -> String {
         let over = if self.strata.len() > 1 {
             format!(" over {} steps", self.strata.len())
@@ -302,13 +313,7 @@ pub fn decide(
         .iter()
         .find(|g| g.status() == GateStatus::Worse)
     {
-        return Decision::RollBack(format!(
-            "{}: {} worse than the allowed {} ({})",
-            g.name,
-            metric_name(g.metric),
-            allowance(g.metric, g.max_degradation),
-            g.interval()
-        ));
+        return Decision::RollBack(g.worse_reason());
     }
     let mut waiting = Vec::new();
     let hold = config.min_step.as_secs_f64() - seconds_in_step;
@@ -1227,13 +1232,7 @@ pub fn judge(arm: &str, evidence: &Evidence, rolled_back: bool) -> VerdictView {
     let mut passed = Vec::new();
     for g in &evidence.gates {
         match g.status() {
-            GateStatus::Worse => fail.push(format!(
-                "{}: {} worse than the allowed {} ({})",
-                g.name,
-                metric_name(g.metric),
-                allowance(g.metric, g.max_degradation),
-                g.interval()
-            )),
+            GateStatus::Worse => fail.push(g.worse_reason()),
             GateStatus::NotWorse => passed.push(format!(
                 "{}: {} shown within {} ({})",
                 g.name,
