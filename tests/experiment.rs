@@ -12,86 +12,14 @@ mod support;
 type Sent = (f64, f64, u16, String);
 
 use abgate_common::client::HttpClient;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tokio::sync::oneshot;
-
-/// A stub arm answering `/predict` 200, except every `fail_every`-th request (counted
-/// per process) with 500; feedback is acknowledged without `absolute_error`.
-struct FlakyArm {
-    url: String,
-    served: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl FlakyArm {
-    async fn start(name: &'static str, fail_every: u64) -> FlakyArm {
-        let (listener, url) = listen().await;
-        let served = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let counter = Arc::clone(&served);
-        tokio::spawn(abgate_common::http::serve(
-            listener,
-            move |req: Request<Incoming>| {
-                let counter = Arc::clone(&counter);
-                async move {
-                    let path = req.uri().path().to_string();
-                    let _ = req.into_body().collect().await;
-                    if path == "/api/health" {
-                        return Response::new(Full::new(Bytes::from_static(
-                            b"{\"status\":\"healthy\"}",
-                        )));
-                    }
-                    if path == "/feedback" {
-                        return Response::new(Full::new(Bytes::from(format!(
-                            "{{\"status\":\"recorded\",\"variant\":\"{name}\"}}"
-                        ))));
-                    }
-                    let i = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                    if fail_every > 0 && i % fail_every == 0 {
-                        let mut r = Response::new(Full::new(Bytes::from_static(
-                            b"{\"error\":{\"type\":\"internal\",\"message\":\"injected\"}}",
-                        )));
-                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                        return r;
-                    }
-                    Response::new(Full::new(Bytes::from(format!(
-                        "{{\"prediction\": 5.5, \"prediction_id\": \"{name}-1-{i}\", \"variant\": \"{name}\"}}"
-                    ))))
-                }
-            },
-            async {
-                let _ = stopped.await;
-            },
-            abgate_common::http::ServeOptions {
-                shutdown_grace: Duration::from_millis(100),
-                ..Default::default()
-            },
-        ));
-        FlakyArm {
-            url,
-            served,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for FlakyArm {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
 
 /// Wine rows: features as the predict body's JSON object, and the true quality.
 fn wine_rows(n: usize) -> Vec<(String, f64)> {

@@ -9,14 +9,11 @@ mod support;
 
 use abgate_common::client::HttpClient;
 use abgate_router::{Router, RouterConfig};
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -24,71 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "rollout-test-token";
-
-/// A stub arm answering `/predict` 200, except every `fail_every`-th request with 500.
-struct FlakyArm {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl FlakyArm {
-    async fn start(fail_every: u64) -> FlakyArm {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        let served = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(abgate_common::http::serve(
-            listener,
-            move |req: Request<Incoming>| {
-                let counter = Arc::clone(&served);
-                async move {
-                    let path = req.uri().path().to_string();
-                    let _ = req.into_body().collect().await;
-                    if path == "/api/health" {
-                        return Response::new(Full::new(Bytes::from_static(
-                            b"{\"status\":\"healthy\"}",
-                        )));
-                    }
-                    let i = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                    if fail_every > 0 && i % fail_every == 0 {
-                        let mut r = Response::new(Full::new(Bytes::from_static(
-                            b"{\"error\":{\"type\":\"internal\",\"message\":\"injected\"}}",
-                        )));
-                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                        return r;
-                    }
-                    Response::new(Full::new(Bytes::from(format!(
-                        "{{\"prediction\": 5.5, \"prediction_id\": \"flaky-1-{i}\", \"variant\": \"candidate_model\"}}"
-                    ))))
-                }
-            },
-            async {
-                let _ = stopped.await;
-            },
-            abgate_common::http::ServeOptions {
-                shutdown_grace: Duration::from_millis(100),
-                ..Default::default()
-            },
-        ));
-        FlakyArm {
-            url,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for FlakyArm {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
 
 /// A router serving `file` in-process on port 0 (the file and its rollout state stay
 /// where they are, so another one can be started on them: a restart).
@@ -359,7 +291,10 @@ async fn a_healthy_candidate_is_ramped_to_100_and_no_user_moves_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_two_points_worse_on_errors_is_rolled_back_at_its_first_step() {
-    let (best, flaky) = tokio::join!(ArmProcess::start("best_model"), FlakyArm::start(50));
+    let (best, flaky) = tokio::join!(
+        ArmProcess::start("best_model"),
+        FlakyArm::start("candidate_model", 50)
+    );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = write_config(
         dir.path(),

@@ -6,12 +6,13 @@ use abgate_common::client::{HttpClient, Reply};
 use abgate_router::{Router, RouterConfig};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -457,6 +458,77 @@ impl Drop for RouterProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// A stub arm answering `/predict` 200, except every `fail_every`-th request (counted
+/// per process) with 500; feedback is acknowledged without `absolute_error`.
+pub struct FlakyArm {
+    /// Its URL.
+    pub url: String,
+    /// `/predict` requests answered so far.
+    pub served: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FlakyArm {
+    /// Arm `name`, failing every `fail_every`-th prediction (0: never).
+    pub async fn start(name: &'static str, fail_every: u64) -> FlakyArm {
+        let (listener, url) = listen().await;
+        let served = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let counter = Arc::clone(&served);
+        tokio::spawn(abgate_common::http::serve(
+            listener,
+            move |req: Request<Incoming>| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    let path = req.uri().path().to_string();
+                    let _ = req.into_body().collect().await;
+                    if path == "/api/health" {
+                        return Response::new(Full::new(Bytes::from_static(
+                            b"{\"status\":\"healthy\"}",
+                        )));
+                    }
+                    if path == "/feedback" {
+                        return Response::new(Full::new(Bytes::from(format!(
+                            "{{\"status\":\"recorded\",\"variant\":\"{name}\"}}"
+                        ))));
+                    }
+                    let i = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                    if fail_every > 0 && i % fail_every == 0 {
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            b"{\"error\":{\"type\":\"internal\",\"message\":\"injected\"}}",
+                        )));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        return r;
+                    }
+                    Response::new(Full::new(Bytes::from(format!(
+                        "{{\"prediction\": 5.5, \"prediction_id\": \"{name}-1-{i}\", \"variant\": \"{name}\"}}"
+                    ))))
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+            abgate_common::http::ServeOptions {
+                shutdown_grace: Duration::from_millis(100),
+                ..Default::default()
+            },
+        ));
+        FlakyArm {
+            url,
+            served,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for FlakyArm {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
         }
     }
 }
