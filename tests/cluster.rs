@@ -543,6 +543,14 @@ struct Cluster {
 impl Cluster {
     /// `allowances`: each replica's guardrail allowance.
     async fn start(allowances: [f64; REPLICAS]) -> Cluster {
+        Cluster::start_with(|prometheus, best, candidate, i| {
+            router_text(prometheus, best, candidate, allowances[i])
+        })
+        .await
+    }
+
+    /// Each replica's config from `text(prometheus, best, candidate, replica)`.
+    async fn start_with(text: impl Fn(&str, &str, &str, usize) -> String) -> Cluster {
         require("prometheus");
         require("haproxy");
         let started = Instant::now();
@@ -553,8 +561,8 @@ impl Cluster {
             .collect();
         let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
         let prometheus = Prometheus::start(&ports).await;
-        for (r, allowance) in replicas.iter_mut().zip(allowances) {
-            let text = router_text(&prometheus.url, &best.url, &front.url, allowance);
+        for (i, r) in replicas.iter_mut().enumerate() {
+            let text = text(&prometheus.url, &best.url, &front.url, i);
             let data = std::fs::read_link(r.dir.path().join("..data")).unwrap();
             std::fs::write(r.dir.path().join(data).join("router.toml"), &text).unwrap();
         }
@@ -1099,6 +1107,295 @@ async fn without_prometheus_nothing_acts_and_serving_is_unchanged_and_it_comes_b
     eprintln!(
         "after the restart the cluster's guardrail tripped ({}); {:.1}s in all",
         history_trip["origin"],
+        started.elapsed().as_secs_f64()
+    );
+}
+
+const TOKEN: &str = "cluster-admin-token-0123456789";
+
+/// A replica's config for a rollout: the candidate at 0, ramped through 5, 25 and 50%
+/// (then promoted) on its error-rate gate (5 points), a 3 s hold and 30 users a step.
+fn rollout_text(prometheus: &str, best: &str, candidate: &str) -> String {
+    let text = router_text(prometheus, best, candidate, 0.05)
+        .replacen("weight = 50\n", "weight = 100\n", 1)
+        .replacen("weight = 50\n", "weight = 0\n", 1);
+    format!(
+        "{text}[rollout]\narm = \"{CANDIDATE}\"\nsteps = [5, 25, 50]\nmin_step_seconds = 3\n\
+         min_users_per_step = 30\non_complete = \"promote\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+    )
+}
+
+/// Every replica's rollout, polled: each change of (state, step) with when it was
+/// first seen.
+#[derive(Default)]
+struct Watch {
+    /// (Unix time, replica, state, step)
+    changes: Vec<(f64, usize, String, u64)>,
+    now: Vec<(String, u64)>,
+}
+
+impl Watch {
+    async fn poll(&mut self, c: &HttpClient, replicas: &[Replica]) {
+        self.now.resize(replicas.len(), (String::new(), 0));
+        for (i, r) in replicas.iter().enumerate() {
+            let v = c
+                .get(&format!("{}/api/rollout", r.url))
+                .await
+                .map(|r| r.json())
+                .unwrap_or(Value::Null);
+            let (Some(state), Some(step)) = (v["state"].as_str(), v["step"].as_u64()) else {
+                continue;
+            };
+            if self.now[i] != (state.to_string(), step) {
+                self.now[i] = (state.to_string(), step);
+                self.changes.push((now(), i, state.to_string(), step));
+            }
+        }
+    }
+
+    /// Polls every 100 ms until `done` holds for every replica's (state, step).
+    async fn until(
+        &mut self,
+        c: &HttpClient,
+        replicas: &[Replica],
+        what: &str,
+        within: Duration,
+        done: impl Fn(&str, u64) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            self.poll(c, replicas).await;
+            if self.now.len() == replicas.len() && self.now.iter().all(|(s, k)| done(s, *k)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}: {:?}",
+                self.now
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// For each replica, when it was first seen with `pred` true at or after `since`;
+    /// the spread between the first and the last replica.
+    fn spread(&self, since: f64, pred: impl Fn(&str, u64) -> bool) -> Option<(f64, f64)> {
+        let mut first: BTreeMap<usize, f64> = BTreeMap::new();
+        for (t, i, s, k) in &self.changes {
+            if *t >= since && pred(s, *k) {
+                first.entry(*i).or_insert(*t);
+            }
+        }
+        if first.len() < REPLICAS {
+            return None;
+        }
+        let lo = first.values().copied().fold(f64::MAX, f64::min);
+        let hi = first.values().copied().fold(f64::MIN, f64::max);
+        Some((lo, hi))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs prometheus and haproxy (.ci/run installs them)"]
+async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_restart_takes_the_clusters_step(
+) {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let cluster = Cluster::start_with(|prometheus, best, candidate, _| {
+        rollout_text(prometheus, best, candidate)
+    })
+    .await;
+    let mut cluster = cluster;
+    let c = client();
+    let traffic = Traffic::start(&cluster.proxy.url, 3000);
+    let mut watch = Watch::default();
+    let moving = |s: &str| s == "running" || s == "paused" || s == "completed";
+
+    // The ramp, to its second step on every replica.
+    watch
+        .until(
+            &c,
+            &cluster.replicas,
+            "every replica at 25%",
+            Duration::from_secs(90),
+            |s, k| moving(s) && k >= 1,
+        )
+        .await;
+
+    // An operator pauses on one replica; another refuses a command without the token.
+    let unauthorized = c
+        .send(
+            http::Method::POST,
+            &format!("{}/api/rollout/pause", cluster.replicas[1].url),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    let paused_at = now();
+    let r = c
+        .send(
+            http::Method::POST,
+            &format!("{}/api/rollout/pause", cluster.replicas[0].url),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    watch
+        .until(
+            &c,
+            &cluster.replicas,
+            "every replica paused",
+            Duration::from_secs(30),
+            |s, _| s == "paused",
+        )
+        .await;
+    let paused_step = watch.now[0].1;
+    assert!(
+        watch.now.iter().all(|(_, k)| *k == paused_step),
+        "{:?}",
+        watch.now
+    );
+
+    // A replica replaced while paused: a new pod (its ConfigMap's weights, 100/0, no
+    // state file) takes the cluster's position before it answers.
+    let r2 = &mut cluster.replicas[2];
+    r2.kill();
+    let _ = std::fs::remove_file(r2.dir.path().join("router.toml.rollout.json"));
+    let restarted = Instant::now();
+    r2.start().await;
+    let ready = restarted.elapsed();
+    let v = c
+        .get(&format!("{}/api/rollout", r2.url))
+        .await
+        .unwrap()
+        .json();
+    let want = [5.0, 25.0, 50.0][paused_step as usize];
+    assert_eq!(
+        (v["state"].as_str(), v["step"].as_u64()),
+        (Some("paused"), Some(paused_step)),
+        "{v}"
+    );
+    assert_eq!(r2.weights(&c).await, vec![100.0 - want, want]);
+    let adopted = v["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(adopted["by"], "cluster", "{v}");
+
+    // Resumed on another replica; then the ramp to the end.
+    let resumed_at = now();
+    let r = c
+        .send(
+            http::Method::POST,
+            &format!("{}/api/rollout/resume", cluster.replicas[1].url),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    watch
+        .until(
+            &c,
+            &cluster.replicas,
+            "every replica resumed",
+            Duration::from_secs(30),
+            |s, _| s != "paused",
+        )
+        .await;
+    watch
+        .until(
+            &c,
+            &cluster.replicas,
+            "every replica promoted",
+            Duration::from_secs(120),
+            |s, _| s == "completed",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers = traffic.stop().await;
+    for r in &cluster.replicas {
+        assert_eq!(r.weights(&c).await, vec![0.0, 100.0], "{}", r.name);
+    }
+
+    // Every move, on every replica, within two ticks of the first replica's (as
+    // polled every 100 ms; a replica learns of another's move at its next read after
+    // the next scrape: both every tick here).
+    let tick = TICK_MS as f64 / 1000.0;
+    let mut windows: Vec<(String, f64, f64)> = Vec::new();
+    for k in 1..3u64 {
+        if let Some((lo, hi)) = watch.spread(0.0, |s, step| moving(s) && step >= k) {
+            windows.push((format!("step {}", k + 1), lo, hi));
+        }
+    }
+    let (lo, hi) = watch
+        .spread(paused_at, |s, _| s == "paused")
+        .unwrap_or((paused_at, f64::MAX));
+    windows.push(("pause".into(), lo, hi));
+    let (lo, hi) = watch
+        .spread(resumed_at, |s, _| s != "paused")
+        .unwrap_or((resumed_at, f64::MAX));
+    windows.push(("resume".into(), lo, hi));
+    let (lo, hi) = watch
+        .spread(resumed_at, |s, _| s == "completed")
+        .unwrap_or((resumed_at, f64::MAX));
+    windows.push(("promotion".into(), lo, hi));
+    for (what, lo, hi) in &windows {
+        eprintln!("{what}: every replica within {:.3}s of the first", hi - lo);
+    }
+    eprintln!(
+        "pause: the last replica paused {:.3}s after the command; restarted replica ready in {:.2}s on the cluster's step",
+        windows.iter().find(|w| w.0 == "pause").map_or(0.0, |w| w.2 - paused_at),
+        ready.as_secs_f64()
+    );
+    for (what, lo, hi) in &windows {
+        assert!(
+            hi - lo <= 2.0 * tick + 0.5,
+            "{what}: the replicas moved {:.3}s apart (two ticks: {:.1}s)",
+            hi - lo,
+            2.0 * tick
+        );
+    }
+
+    // Users never move back from the candidate, except in a window where the
+    // replicas are on different steps (counted), and none after the promotion.
+    const FLIGHT: f64 = 0.2;
+    let mut by_user: HashMap<u64, Vec<&Answer>> = HashMap::new();
+    for a in answers.iter().filter(|a| a.status == 200) {
+        by_user.entry(a.user).or_default().push(a);
+    }
+    let in_window = |t: f64| {
+        windows
+            .iter()
+            .any(|(_, lo, hi)| t >= lo - FLIGHT && t <= hi + FLIGHT)
+    };
+    let (mut back_in_window, mut candidate_users) = (0usize, 0usize);
+    for (u, mine) in &mut by_user {
+        mine.sort_by(|a, b| a.sent.total_cmp(&b.sent));
+        let Some(first) = mine.iter().position(|a| a.variant == CANDIDATE) else {
+            continue;
+        };
+        candidate_users += 1;
+        for a in &mine[first..] {
+            if a.variant == BEST {
+                assert!(
+                    in_window(a.sent),
+                    "user {u} moved back to the control at {:.3} outside every window: {windows:?}",
+                    a.sent
+                );
+                back_in_window += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} answers, {} users, {candidate_users} saw the candidate; {back_in_window} control answers to a user after a candidate answer, all inside the windows; promoted in {:.1}s",
+        answers.len(),
+        by_user.len(),
         started.elapsed().as_secs_f64()
     );
 }

@@ -142,6 +142,7 @@ pub async fn cluster_view(
         arms: read.arms.clone(),
         srm_evalue: read.srm_evalue,
         srm_evalue_max: read.srm_evalue.unwrap_or(1.0),
+        users: read.users.clone(),
     };
     let cells = figures.cells(&phase.variants, &[]);
     let mut summary = phase.summary_of(&cells, min_samples, None);
@@ -168,6 +169,7 @@ pub async fn cluster_view(
         source_up: true,
         reason: None,
         source_freshest: read.freshest,
+        cluster_users: read.users.clone(),
     };
     Ok((view, read.tripped.into_iter().collect()))
 }
@@ -843,6 +845,7 @@ mod tests {
             source_up: true,
             reason: None,
             source_freshest: None,
+            cluster_users: Default::default(),
         }
     }
 

@@ -7,14 +7,23 @@
 //!
 //! * `abgate_rollout_step` — the candidate's percent of users at the current step
 //!   (0 before the rollout starts and after a rollback; 100 once promoted);
-//! * `abgate_rollout_state{state}` — 1 for the current state, 0 for the others.
+//! * `abgate_rollout_state{state}` — 1 for the current state, 0 for the others;
+//! * `abgate_rollout_record{rollout, revision, state, step, started_at}` — the
+//!   record's [`Position`] (value: the Unix time its step started), what the replicas
+//!   of a cluster read back from Prometheus to agree on one step
+//!   (`control::rollout::adopt`). `rollout` is [`rollout_id`]; no label value comes
+//!   from a request.
 
-use prometheus::{Gauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntGaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::config::RolloutConfig;
+
+/// The family of each replica's [`Position`].
+pub const RECORD: &str = "abgate_rollout_record";
 
 /// Transitions kept in the record (the oldest are dropped).
 pub const MAX_HISTORY: usize = 100;
@@ -124,6 +133,11 @@ pub struct Record {
     pub started_at: f64,
     /// Transitions, oldest first (at most [`MAX_HISTORY`]).
     pub history: Vec<Transition>,
+    /// How many transitions the rollout has made (in cluster mode, across the
+    /// replicas: a record adopted from another replica takes its revision), so a
+    /// newer record is told from an older one.
+    #[serde(default)]
+    pub revision: u64,
     /// What the next decision waits for (not persisted).
     #[serde(skip)]
     pub waiting: Vec<String>,
@@ -144,8 +158,21 @@ impl Record {
             step_started_at: 0.0,
             started_at: 0.0,
             history: Vec::new(),
+            revision: 0,
             waiting: Vec::new(),
             last_users: 0,
+        }
+    }
+
+    /// Where this record stands, to compare with other replicas'.
+    pub fn position(&self) -> Position {
+        Position {
+            revision: self.revision,
+            state: self.state,
+            step: self.step,
+            step_started_at: self.step_started_at,
+            started_at: self.started_at,
+            replicas: 1,
         }
     }
 
@@ -163,6 +190,68 @@ impl Record {
             _ => self.steps.get(self.step).copied().unwrap_or(0.0),
         }
     }
+}
+
+/// Where a rollout stands, as the replicas of a cluster compare it: what each exports
+/// (`abgate_rollout_record`) and reads back from Prometheus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Position {
+    /// The record's revision (transitions made).
+    pub revision: u64,
+    /// Its state.
+    pub state: RolloutState,
+    /// Its step index.
+    pub step: usize,
+    /// Unix time its step started.
+    pub step_started_at: f64,
+    /// Unix time the rollout started.
+    pub started_at: f64,
+    /// Replicas exporting it now (1 for this replica's own).
+    pub replicas: usize,
+}
+
+impl Position {
+    /// The order in which positions supersede each other, the same on every replica
+    /// so they converge on one: a rollback above everything (a gate tripped or an
+    /// operator aborted: a fact, like a recorded trip); then the higher revision;
+    /// at equal revision (two replicas that moved on the same evidence, or an
+    /// operator's command racing a decision) the state further along (running <
+    /// paused < completed), then the higher step (users never move back), then the
+    /// earlier start of the step.
+    pub fn order(&self, other: &Position) -> Ordering {
+        let rank = |s: RolloutState| match s {
+            RolloutState::Pending => 0,
+            RolloutState::Running => 1,
+            RolloutState::Paused => 2,
+            RolloutState::Completed => 3,
+            RolloutState::RolledBack => 4,
+        };
+        let rolled = |p: &Position| p.state == RolloutState::RolledBack;
+        rolled(self)
+            .cmp(&rolled(other))
+            .then(self.revision.cmp(&other.revision))
+            .then(rank(self.state).cmp(&rank(other.state)))
+            .then(self.step.cmp(&other.step))
+            .then(other.step_started_at.total_cmp(&self.step_started_at))
+    }
+
+    /// Whether this position supersedes `other` (strictly).
+    pub fn supersedes(&self, other: &Position) -> bool {
+        self.order(other) == Ordering::Greater
+    }
+}
+
+/// The rollout's id in the cluster: the experiment's name and salt with the
+/// rollout's arm and steps, hashed (hex, so it can go into a query as it is). A
+/// rollout run again after it ended needs a new experiment name (or salt) in cluster
+/// mode: Prometheus remembers the old one's records for 30 days.
+pub fn rollout_id(experiment: &str, salt: &str, config: &RolloutConfig) -> String {
+    let steps: Vec<String> = config.steps.iter().map(|s| format!("{s}")).collect();
+    crate::config::config_hash(&format!(
+        "{experiment}\n{salt}\n{}\n{}",
+        config.arm,
+        steps.join(",")
+    ))
 }
 
 /// The state file of the config at `config_path`: `<file name>.rollout.json` beside it.
@@ -198,6 +287,8 @@ pub struct RolloutGauges {
     pub step: Gauge,
     /// `abgate_rollout_state{state}`.
     pub state: IntGaugeVec,
+    /// `abgate_rollout_record{rollout, revision, state, step, started_at}`.
+    pub record: GaugeVec,
 }
 
 impl RolloutGauges {
@@ -213,13 +304,34 @@ impl RolloutGauges {
             ),
             &["state"],
         )?;
+        let record = GaugeVec::new(
+            Opts::new(
+                RECORD,
+                "Progressive rollout: this replica's record (revision, state, step, start), valued with the Unix time its step started; replicas in cluster mode read it back to agree on one step",
+            ),
+            &["rollout", "revision", "state", "step", "started_at"],
+        )?;
         registry.register(Box::new(step.clone()))?;
         registry.register(Box::new(state.clone()))?;
-        Ok(RolloutGauges { step, state })
+        registry.register(Box::new(record.clone()))?;
+        Ok(RolloutGauges {
+            step,
+            state,
+            record,
+        })
     }
 
-    /// Shows `record` (nothing when there is no rollout: every state 0).
-    pub fn show(&self, record: Option<&Record>, promoted: bool) {
+    /// Shows `record` of the rollout `id` (nothing when there is no rollout: every
+    /// state 0, no record; a pending record is not exported).
+    pub fn show(&self, id: &str, record: Option<&Record>, promoted: bool) {
+        self.record.reset();
+        if let Some(r) = record.filter(|r| r.state != RolloutState::Pending) {
+            let (revision, step) = (r.revision.to_string(), r.step.to_string());
+            let started = format!("{:.3}", r.started_at);
+            self.record
+                .with_label_values(&[id, &revision, r.state.as_str(), &step, &started])
+                .set(r.step_started_at);
+        }
         for s in RolloutState::ALL {
             let on = record.is_some_and(|r| r.state == s);
             self.state
@@ -233,6 +345,7 @@ impl RolloutGauges {
 /// The rollout's state in memory, with its gauges.
 pub struct Ramp {
     record: Mutex<Option<Record>>,
+    seen: Mutex<Option<Seen>>,
     /// The Prometheus families.
     pub gauges: RolloutGauges,
 }
@@ -242,6 +355,7 @@ impl Ramp {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         Ok(Ramp {
             record: Mutex::new(None),
+            seen: Mutex::new(None),
             gauges: RolloutGauges::new(registry)?,
         })
     }
@@ -252,5 +366,46 @@ impl Ramp {
         self.record
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last read of the cluster's records (cluster mode; `None` before the first
+    /// read that answered).
+    pub fn seen(&self) -> Option<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps a read of the cluster's records.
+    pub fn set_seen(&self, seen: Option<Seen>) {
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
+    }
+}
+
+/// One read of the rollout's records from Prometheus (cluster mode).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Seen {
+    /// The rollout's id.
+    pub rollout: String,
+    /// Unix time of the read.
+    pub read_at: f64,
+    /// Every record any replica exported in the last 30 days, the one that
+    /// supersedes the others first.
+    pub positions: Vec<Position>,
+}
+
+impl Seen {
+    /// The record that supersedes every other, if any.
+    pub fn best(&self) -> Option<&Position> {
+        self.positions.first()
+    }
+
+    /// The highest revision any replica has reached.
+    pub fn revision(&self) -> u64 {
+        self.positions.iter().map(|p| p.revision).max().unwrap_or(0)
     }
 }

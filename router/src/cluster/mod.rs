@@ -36,6 +36,11 @@ pub const TRIPPED: &str = "abgate_guardrail_tripped";
 /// Per arm of a phase: its configured weight, labelled with its position in the
 /// config (`arm`, 0 = the control), so the cluster's view needs no router config.
 pub const ARM_WEIGHT: &str = "abgate_experiment_arm_weight";
+/// Per arm of a phase: the distinct users this replica's hash assigned to it,
+/// estimated from its user sample. Distinct users cannot be summed over replicas (one
+/// user reaches several): the cluster's figure is the largest replica's, a lower
+/// bound.
+pub const PHASE_USERS: &str = "abgate_experiment_phase_users";
 
 /// What one phase exports.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +51,8 @@ pub struct PhaseExport {
     pub arms: Vec<(String, UserArmStats)>,
     /// Each arm's configured weight, in the same order.
     pub weights: Vec<f64>,
+    /// Each arm's distinct users on this replica (estimated), in the same order.
+    pub users: Vec<f64>,
     /// This replica's SRM e-value, if it has one yet.
     pub srm_evalue: Option<f64>,
     /// Guardrails this replica tripped in the phase.
@@ -105,6 +112,11 @@ where
                     ARM_WEIGHT,
                     "Configured weight of each arm of a phase (arm: its position, 0 = control).",
                     &["phase_id", "variant", "arm"],
+                )?,
+                desc(
+                    PHASE_USERS,
+                    "Distinct users this replica assigned to each arm of a phase (estimated from its user sample).",
+                    &["phase_id", "variant"],
                 )?,
             ],
         })
@@ -183,6 +195,11 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
         "Configured weight of each arm of a phase (arm: its position, 0 = control).",
         MetricType::GAUGE,
     );
+    let mut users = family(
+        PHASE_USERS,
+        "Distinct users this replica assigned to each arm of a phase (estimated from its user sample).",
+        MetricType::GAUGE,
+    );
     let mut buckets: Vec<String> = Vec::new();
     for b in 0..BUCKETS {
         buckets.push(b.to_string());
@@ -219,6 +236,11 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
                 *w,
             ));
         }
+        for ((variant, _), n) in phase.arms.iter().zip(&phase.users) {
+            users
+                .mut_metric()
+                .push(gauge(&[("phase_id", id), ("variant", variant)], *n));
+        }
         if let Some(e) = phase.srm_evalue {
             srm.mut_metric().push(gauge(&[("phase_id", id)], e));
         }
@@ -228,7 +250,7 @@ pub fn families(phases: &[PhaseExport]) -> Vec<MetricFamily> {
                 .push(gauge(&[("phase_id", id), ("guardrail", g.as_str())], 1.0));
         }
     }
-    vec![sum, count, squares, srm, tripped, weights]
+    vec![sum, count, squares, srm, tripped, weights, users]
 }
 
 impl<F> prometheus::core::Collector for Export<F>
@@ -260,6 +282,9 @@ pub struct ClusterState {
     /// The phase's arms and weights in config order (the control first), as the
     /// replicas export them.
     pub weights: Vec<(String, f64)>,
+    /// Each arm's distinct users as the replica that saw the most counts them (a
+    /// lower bound on the cluster's: one user's requests reach several replicas).
+    pub users: BTreeMap<String, f64>,
 }
 
 /// Why the cluster's state could not be read.
@@ -282,12 +307,12 @@ pub async fn read(
     if phase_id.is_empty() || !phase_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(SourceError::BadPhase(phase_id.chars().take(32).collect()));
     }
-    let [sums, counts, squares, replicas, freshest, srm, tripped, weights] =
+    let [sums, counts, squares, replicas, freshest, srm, tripped, weights, users] =
         queries(phase_id).map(|q| async move { promql::query(client, base, &q).await });
-    let (sums, counts, squares, replicas, freshest, srm, tripped, weights) =
-        tokio::join!(sums, counts, squares, replicas, freshest, srm, tripped, weights);
-    let (sums, counts, squares, replicas, freshest, srm, tripped, weights) = (
-        sums?, counts?, squares?, replicas?, freshest?, srm?, tripped?, weights?,
+    let (sums, counts, squares, replicas, freshest, srm, tripped, weights, users) =
+        tokio::join!(sums, counts, squares, replicas, freshest, srm, tripped, weights, users);
+    let (sums, counts, squares, replicas, freshest, srm, tripped, weights, users) = (
+        sums?, counts?, squares?, replicas?, freshest?, srm?, tripped?, weights?, users?,
     );
     let mut weights: Vec<(usize, String, f64)> = weights
         .iter()
@@ -309,7 +334,76 @@ pub async fn read(
             .filter_map(|s| s.labels.get("guardrail").cloned())
             .collect(),
         weights: weights.into_iter().map(|(_, v, w)| (v, w)).collect(),
+        users: users
+            .iter()
+            .filter(|s| s.value.is_finite() && s.value >= 0.0)
+            .filter_map(|s| Some((s.labels.get("variant")?.clone(), s.value)))
+            .collect(),
     })
+}
+
+/// Every record of the rollout `rollout` (its id, [`crate::rollout::rollout_id`])
+/// that any replica exported in the last [`TRIP_MEMORY`], the one that supersedes
+/// the others first, each with the replicas exporting it now. A restarted replica
+/// finds the cluster's step here although every replica restarted since.
+pub async fn read_rollout(
+    client: &HttpClient,
+    base: &str,
+    rollout: &str,
+) -> Result<Vec<crate::rollout::Position>, SourceError> {
+    if rollout.is_empty() || !rollout.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SourceError::BadPhase(rollout.chars().take(32).collect()));
+    }
+    let [ever, now] = rollout_queries(rollout);
+    let (ever, now) = tokio::join!(
+        promql::query(client, base, &ever),
+        promql::query(client, base, &now)
+    );
+    let (ever, now) = (ever?, now?);
+    let key = |s: &Sample| -> Option<(u64, crate::rollout::RolloutState, usize, f64)> {
+        let state =
+            serde_json::from_value(serde_json::Value::String(s.labels.get("state")?.clone()))
+                .ok()?;
+        Some((
+            s.labels.get("revision")?.parse().ok()?,
+            state,
+            s.labels.get("step")?.parse().ok()?,
+            s.labels.get("started_at")?.parse().ok()?,
+        ))
+    };
+    let mut positions: Vec<crate::rollout::Position> = ever
+        .iter()
+        .filter(|s| s.value.is_finite())
+        .filter_map(|s| {
+            let (revision, state, step, started_at) = key(s)?;
+            let replicas = now
+                .iter()
+                .filter(|n| key(n) == Some((revision, state, step, started_at)))
+                .map(|n| n.value.max(0.0) as usize)
+                .sum();
+            Some(crate::rollout::Position {
+                revision,
+                state,
+                step,
+                step_started_at: s.value,
+                started_at,
+                replicas,
+            })
+        })
+        .collect();
+    positions.sort_by(|a, b| b.order(a));
+    Ok(positions)
+}
+
+/// [`read_rollout`]'s queries: each record ever exported in the last
+/// [`TRIP_MEMORY`] with its earliest step start, and the replicas on each now.
+pub fn rollout_queries(rollout: &str) -> [String; 2] {
+    let selector = format!("{}{{rollout=\"{rollout}\"}}", crate::rollout::RECORD);
+    let by = "revision, state, step, started_at";
+    [
+        format!("min by ({by}) (min_over_time({selector}[{TRIP_MEMORY}]))"),
+        format!("count by ({by}) ({selector})"),
+    ]
 }
 
 /// One phase Prometheus has samples of: its id, the newest sample's Unix time, and
@@ -380,8 +474,9 @@ pub const TRIP_MEMORY: &str = "30d";
 /// sums, counts and sums of squares by arm, metric and bucket over the replicas; the
 /// replicas exporting the phase (each exports its SRM e-value from its first scrape,
 /// before any request); the newest sample's time; the mean SRM e-value; and every
-/// guardrail tripped in the phase by any replica in the last [`TRIP_MEMORY`].
-pub fn queries(phase_id: &str) -> [String; 8] {
+/// guardrail tripped in the phase by any replica in the last [`TRIP_MEMORY`]; the
+/// arms' weights; each arm's users on the replica that saw the most.
+pub fn queries(phase_id: &str) -> [String; 9] {
     let selector = format!("{{phase_id=\"{phase_id}\"}}");
     let by = "variant, metric, bucket";
     [
@@ -393,6 +488,7 @@ pub fn queries(phase_id: &str) -> [String; 8] {
         format!("avg({SRM_EVALUE}{selector})"),
         format!("max by (guardrail) (max_over_time({TRIPPED}{selector}[{TRIP_MEMORY}]))"),
         format!("max by (variant, arm) ({ARM_WEIGHT}{selector})"),
+        format!("max by (variant) ({PHASE_USERS}{selector})"),
     ]
 }
 
@@ -523,6 +619,7 @@ mod tests {
                         ("candidate_model".into(), b.clone()),
                     ],
                     weights: vec![90.0, 10.0],
+                    users: vec![40.0, 9.0],
                     srm_evalue: Some(1.0),
                     tripped: vec![],
                 }]

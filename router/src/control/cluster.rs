@@ -11,12 +11,17 @@
 //!    comparison code as a single node, on the summed user-bucket sums. Its trips are
 //!    exported (`abgate_guardrail_tripped`) and so reach every other replica at its
 //!    next tick;
-//! 3. when Prometheus does not answer, or has no fresh samples of the phase, does
+//! 3. reads the progressive rollout's records (`abgate_rollout_record`, whatever
+//!    the freshness of the statistics: like a trip, a replica's step is a fact) and
+//!    adopts the one that supersedes the others ([`super::rollout::adopt`]), so
+//!    every replica applies the same step;
+//! 4. when Prometheus does not answer, or has no fresh samples of the phase, does
 //!    nothing else: `abgate_experiment_source_up` 0, the reason in
 //!    `/api/experiment`, serving unchanged.
 //!
 //! [`start`] runs one tick before the router serves, bounded by one interval, so a
-//! restarted replica applies a recorded rollback before it answers its first probe.
+//! restarted replica applies a recorded rollback, and the rollout's step, before it
+//! answers its first probe.
 
 use abgate_common::client::HttpClient;
 use std::sync::Arc;
@@ -26,6 +31,7 @@ use super::guardrails;
 use crate::clock::unix_now;
 use crate::cluster::{self, ClusterState};
 use crate::experiment::TripOrigin;
+use crate::rollout::{Position, Seen};
 use crate::state::Router;
 
 /// How long one query may take.
@@ -43,6 +49,8 @@ pub struct TickOutcome {
     pub applied: Vec<String>,
     /// Guardrails tripped here on the cluster's figures.
     pub tripped: Vec<String>,
+    /// The rollout's record that supersedes the others, as read.
+    pub rollout: Option<Position>,
 }
 
 /// Before serving: one tick, bounded by one interval (nothing in single-node mode).
@@ -56,6 +64,7 @@ pub async fn start(router: &Router) {
             fresh = outcome.fresh,
             applied = ?outcome.applied,
             tripped = ?outcome.tripped,
+            rollout = ?outcome.rollout.as_ref().map(|p| (p.revision, p.state.as_str(), p.step)),
             "cluster state read before serving"
         ),
         Err(_) => {
@@ -170,6 +179,25 @@ pub async fn tick(router: &Router, client: &HttpClient) -> TickOutcome {
         );
         router.experiment.remember(record);
         outcome.applied.push(name.clone());
+    }
+    // The rollout's step, as the cluster has it.
+    if let Some(id) = super::rollout::id_of(&router.active().config) {
+        match cluster::read_rollout(client, &cluster.prometheus_url, &id).await {
+            Ok(positions) => {
+                outcome.rollout = positions.first().cloned();
+                super::rollout::adopt(
+                    router,
+                    Seen {
+                        rollout: id,
+                        read_at: now,
+                        positions,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rollout's records from Prometheus")
+            }
+        }
     }
     // 2. Trips on the cluster's figures (fresh ones only).
     let active = router.active();

@@ -29,10 +29,20 @@
 //! rollout that finds the candidate with users already starts (or resumes) at the
 //! first step at or above its share.
 //!
-//! This is the single-node rollout. Cluster mode plugs in at two seams and leaves
-//! [`decide`] and the transitions alone: `evidence` (this router's experiment view →
-//! the cluster's merged statistics) and `current`/`persist` (the state file → the
-//! step decided from the cluster's state, so every replica applies the same step).
+//! Cluster mode (`experiment.prometheus_url`) leaves [`decide`] and the transitions
+//! alone and plugs in at two seams. The evidence is the cluster's (the experiment's
+//! view reads the cluster's sums when they are fresh, the candidate's users are the
+//! largest replica's count, and an ended step's figures are the cluster's). And the
+//! step is the cluster's: every replica exports its record's
+//! [`rollout::Position`] (`abgate_rollout_record`), and at every cluster tick
+//! [`adopt`] takes the position that supersedes all others (a rollback above all,
+//! then the highest revision; the same order on every replica) and applies its
+//! step's weights, never moving a user back. Every replica decides on the same
+//! figures with the same step start, so they move together; one that lags, or that
+//! restarted (its ConfigMap's weights, no state file), takes the cluster's step at
+//! its next read — before it serves, at start-up. An operator's command on one
+//! replica is a new revision and reaches the others the same way. A replica that
+//! has never read the cluster's records does not start a rollout on its own.
 
 use abgate_stats::guardrail::beyond_degradation;
 use abgate_stats::noninferiority::within_degradation;
@@ -370,7 +380,13 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
             .find(|a| a.variant == arm)
             .map_or(0, |a| a.users.estimate.max(0.0).round() as u64)
     };
-    let candidate_users = users_of(&view.arms);
+    // In cluster mode, the replica that saw the most of the candidate's users (a
+    // lower bound on the cluster's distinct users); this replica's own at least.
+    let candidate_users = view
+        .cluster_users
+        .get(arm)
+        .map_or(0, |u| u.max(0.0).round() as u64)
+        .max(users_of(&view.arms));
     let previous_phase_users = view.history.first().map_or(0, |p| users_of(&p.arms));
     let gates = gates
         .iter()
@@ -547,6 +563,8 @@ fn file_name(f: &FileChange) -> &'static str {
 enum By {
     Controller,
     Operator,
+    /// Another replica (cluster mode): its position was adopted.
+    Cluster,
 }
 
 /// Records a transition of `record` to `to`: history, audit line, log line. The
@@ -563,6 +581,10 @@ fn transition(
     let active = router.active();
     let from = record.state;
     record.state = to;
+    // A new revision, above any a replica has reached (cluster mode), so every
+    // replica takes this transition; an adoption sets the adopted one after.
+    let seen = router.rollout.seen().map_or(0, |s| s.revision());
+    record.revision = record.revision.max(seen) + 1;
     let promoted = active
         .config
         .rollout
@@ -581,6 +603,7 @@ fn transition(
         by: match by {
             By::Controller => "controller".into(),
             By::Operator => "operator".into(),
+            By::Cluster => "cluster".into(),
         },
         weights: weights_of(&active.config),
         phase_id: evidence.map_or_else(|| active.phase.id.clone(), |e| e.phase_id.clone()),
@@ -605,6 +628,14 @@ fn transition(
     }
 }
 
+/// The id of `config`'s rollout in the cluster (`None` without `[rollout]`).
+pub fn id_of(config: &RouterConfig) -> Option<String> {
+    config
+        .rollout
+        .as_ref()
+        .map(|r| rollout::rollout_id(&config.experiment, &config.salt, r))
+}
+
 /// Shows `record` in the gauges.
 fn show(router: &Router, config: &RouterConfig, record: &Record) {
     let promoted = config
@@ -612,7 +643,8 @@ fn show(router: &Router, config: &RouterConfig, record: &Record) {
         .as_ref()
         .is_some_and(|r| r.on_complete == OnComplete::Promote)
         || record.steps.last().is_some_and(|p| *p >= 100.0);
-    router.rollout.gauges.show(Some(record), promoted);
+    let id = id_of(config).unwrap_or_default();
+    router.rollout.gauges.show(&id, Some(record), promoted);
 }
 
 /// Saves `record` beside the config and shows it in the gauges.
@@ -659,7 +691,7 @@ fn current<'r>(
                     }
                 }
                 let want = r.steps.get(r.step).copied().unwrap_or(0.0);
-                if (now - want).abs() > 1e-6 && now > 0.0 && now < want {
+                if now < want - 1e-6 && may_raise(router, &r, now) {
                     let (file, note) = apply_percent(router, &r.arm, want);
                     tracing::info!(arm = %r.arm, percent = want, file = file_name(&file), note = note.as_deref().unwrap_or(""), "rollout step applied again after a restart");
                     r.step_started_at = unix_now();
@@ -670,6 +702,31 @@ fn current<'r>(
         None => Record::pending(config),
     };
     slot.insert(record)
+}
+
+/// Whether a guardrail of this process tripped on the candidate since `record`'s
+/// step started.
+fn tripped_since_step(router: &Router, record: &Record) -> bool {
+    router
+        .experiment
+        .last_trip_on(&record.arm)
+        .is_some_and(|t| t >= record.step_started_at)
+}
+
+/// Whether the candidate's share `now`, below `record`'s step, may be raised to the
+/// step again: not when a guardrail of this process took it away since the step
+/// started (the rollout's tick turns that into a rollback); a share of 0 only when
+/// the config in force cannot carry the step (a ConfigMap-style symlink, whose
+/// weights are the mount's after a restart or a re-mount) or the step is the
+/// cluster's, else 0 is an operator's edit.
+fn may_raise(router: &Router, record: &Record, now: f64) -> bool {
+    if tripped_since_step(router, record) {
+        return false;
+    }
+    let active = router.active();
+    now > 0.0
+        || active.config.analysis.cluster.is_some()
+        || std::fs::symlink_metadata(&active.config.path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// What of `record` the state file holds (a change is written; what the next
@@ -693,11 +750,162 @@ pub fn tick(router: &Router) {
     let mut slot = router.rollout.lock();
     let record = current(router, &config, &mut slot);
     let before = persisted(record);
+    if let Some(why) = unseen_cluster(router, &active.config) {
+        // Cluster mode: the step is the cluster's; until its records have been read
+        // once, nothing starts or moves here.
+        record.waiting = vec![why];
+        show(router, &active.config, record);
+        return;
+    }
+    if active.config.analysis.cluster.is_some() {
+        align(router, &config, record);
+    }
     step(router, &config, record);
     if persisted(record) != before {
         persist(router, &router.active().config, record);
     } else {
         show(router, &router.active().config, record);
+    }
+}
+
+/// In cluster mode, before the cluster's rollout records were read once: why the
+/// rollout waits.
+fn unseen_cluster(router: &Router, config: &RouterConfig) -> Option<String> {
+    let cluster = config.analysis.cluster.as_ref()?;
+    let id = id_of(config)?;
+    if router.rollout.seen().is_some_and(|s| s.rollout == id) {
+        return None;
+    }
+    Some(format!(
+        "the cluster's rollout records (Prometheus at {}) not read yet: in cluster mode the step is the cluster's",
+        cluster.prometheus_url
+    ))
+}
+
+/// Cluster mode: takes the position that supersedes every other among the cluster's
+/// records in `seen` (and this replica's own), and applies its step's weights —
+/// raising the candidate's share only, never moving a user back; a rollback sets its
+/// weight to 0. Called at every cluster tick (and at start-up, before serving). An
+/// adoption is a transition (`by: cluster`) with its audit and log lines.
+pub fn adopt(router: &Router, seen: rollout::Seen) {
+    let active = router.active();
+    let Some(config) = active.config.rollout.clone() else {
+        return;
+    };
+    if id_of(&active.config).as_deref() != Some(seen.rollout.as_str()) {
+        return;
+    }
+    let mut slot = router.rollout.lock();
+    router.rollout.set_seen(Some(seen.clone()));
+    let record = current(router, &config, &mut slot);
+    let before = persisted(record);
+    let own = record.position();
+    let Some(best) = seen.best().filter(|b| b.supersedes(&own)).cloned() else {
+        align(router, &config, record);
+        if persisted(record) != before {
+            persist(router, &router.active().config, record);
+        }
+        return;
+    };
+    if best.revision == own.revision && best.state == own.state && best.step == own.step {
+        // The same move made here and elsewhere on the same evidence: only the
+        // step's start (the earliest) is taken, without a transition.
+        record.step_started_at = best.step_started_at;
+        record.started_at = earliest(record.started_at, best.started_at);
+        persist(router, &router.active().config, record);
+        return;
+    }
+    let moving = |s: RolloutState| {
+        matches!(
+            s,
+            RolloutState::Running | RolloutState::Paused | RolloutState::Completed
+        )
+    };
+    // Equal revisions can differ in step (two replicas' decisions racing an
+    // operator's command): the higher step stands, users never move back.
+    let (step, step_started_at) = if moving(own.state) && moving(best.state) && own.step > best.step
+    {
+        (own.step, own.step_started_at)
+    } else {
+        (best.step, best.step_started_at)
+    };
+    if tripped_since_step(router, record) && best.state != RolloutState::RolledBack {
+        // A guardrail of this replica just took the candidate's users away: its own
+        // rollback (next tick) supersedes whatever the others say.
+        return;
+    }
+    record.step = step.min(record.steps.len().saturating_sub(1));
+    record.step_started_at = step_started_at;
+    record.started_at = earliest(record.started_at, best.started_at);
+    let file = weights_for(router, &config, best.state, record);
+    let reason = format!(
+        "adopted from the cluster: revision {} ({}, step {} of {}, on {} replica(s) now)",
+        best.revision,
+        best.state.as_str(),
+        best.step + 1,
+        record.steps.len(),
+        best.replicas
+    );
+    transition(router, record, best.state, reason, By::Cluster, None, file);
+    record.revision = best.revision;
+    record.waiting.clear();
+    persist(router, &router.active().config, record);
+}
+
+/// The earlier of two start times, 0 standing for "not started".
+fn earliest(a: f64, b: f64) -> f64 {
+    if a > 0.0 && b > 0.0 {
+        a.min(b)
+    } else {
+        a.max(b)
+    }
+}
+
+/// Applies the weights `state` on `record`'s step means: the step's share (raised
+/// only), 100% when completed and promoted, 0 when rolled back.
+fn weights_for(
+    router: &Router,
+    config: &RolloutConfig,
+    state: RolloutState,
+    record: &Record,
+) -> (FileChange, Option<String>) {
+    let now = candidate_percent(&router.active(), &config.arm).unwrap_or(0.0);
+    let want = match state {
+        RolloutState::Pending => return (FileChange::None, None),
+        RolloutState::RolledBack => {
+            return match super::guardrails::rollback(router, &config.arm) {
+                Ok(outcome) => outcome,
+                Err(e) => (FileChange::None, Some(e)),
+            };
+        }
+        RolloutState::Completed
+            if config.on_complete == OnComplete::Promote
+                || record.steps.last().is_some_and(|p| *p >= 100.0) =>
+        {
+            100.0
+        }
+        _ => record.steps.get(record.step).copied().unwrap_or(0.0),
+    };
+    if now < want - 1e-6 {
+        apply_percent(router, &config.arm, want)
+    } else {
+        (FileChange::None, None)
+    }
+}
+
+/// Cluster mode, between adoptions: the record's step applied again when the config
+/// in force lacks it (a ConfigMap re-mount, a restart that kept the position).
+fn align(router: &Router, config: &RolloutConfig, record: &Record) {
+    let now = candidate_percent(&router.active(), &config.arm).unwrap_or(0.0);
+    let moving = matches!(
+        record.state,
+        RolloutState::Running | RolloutState::Paused | RolloutState::Completed
+    );
+    if moving && may_raise(router, record, now) {
+        let (file, note) = weights_for(router, config, record.state, record);
+        if file != FileChange::None {
+            tracing::info!(arm = %record.arm, step = record.step, file = file_name(&file), note = note.as_deref().unwrap_or(""), "rollout step applied again (the config in force lacked it)");
+        }
     }
 }
 
@@ -1067,6 +1275,9 @@ pub struct RolloutView {
     pub state_file: String,
     /// Transitions, oldest first.
     pub history: Vec<Transition>,
+    /// Cluster mode: the rollout's id and the last read of every replica's record,
+    /// the one that supersedes the others first (`null` on a single node).
+    pub cluster: Option<rollout::Seen>,
 }
 
 /// The rollout's view now (the evidence and what it waits for computed fresh).
@@ -1114,6 +1325,7 @@ pub fn view(router: &Router) -> RolloutView {
             evidence: None,
             state_file,
             history: Vec::new(),
+            cluster: None,
         };
     };
     let Some(record) = record.filter(|r| r.is_for(&config)) else {
@@ -1132,6 +1344,7 @@ pub fn view(router: &Router) -> RolloutView {
             evidence: None,
             state_file,
             history: Vec::new(),
+            cluster: None,
         };
     };
     let seconds =
@@ -1169,7 +1382,11 @@ pub fn view(router: &Router) -> RolloutView {
             };
             (Some(e), waiting)
         }
-        RolloutState::Pending => (None, vec!["the first tick starts the rollout".into()]),
+        RolloutState::Pending => (
+            None,
+            vec![unseen_cluster(router, &active.config)
+                .unwrap_or_else(|| "the first tick starts the rollout".into())],
+        ),
         _ => (None, Vec::new()),
     };
     RolloutView {
@@ -1187,6 +1404,12 @@ pub fn view(router: &Router) -> RolloutView {
         evidence,
         state_file,
         history: record.history,
+        cluster: active
+            .config
+            .analysis
+            .cluster
+            .as_ref()
+            .and_then(|_| router.rollout.seen()),
     }
 }
 

@@ -31,7 +31,7 @@ use abgate_stats::family::bonferroni_alpha;
 use abgate_stats::guardrail::beyond_degradation;
 use abgate_stats::{Metric, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,6 +145,12 @@ pub struct ExperimentView {
     /// Unix time of the newest sample of the last read (cluster mode).
     #[serde(default)]
     pub source_freshest: Option<f64>,
+    /// In cluster mode, while the source is up: each arm's distinct users in the
+    /// phase as the replica that saw the most counts them (a lower bound on the
+    /// cluster's; `arms[].users` stay this replica's, like SRM's counts). Empty on a
+    /// single node.
+    #[serde(default)]
+    pub cluster_users: BTreeMap<String, f64>,
 }
 
 /// What outlives a phase.
@@ -193,7 +199,12 @@ impl Experiment {
         }
         let now = unix_now();
         if let Some(previous) = previous {
-            let summary = old.summary(previous.analysis.min_samples, Some(now));
+            // In cluster mode, the ended phase's figures are the cluster's (its last
+            // fresh read), so a rollout's evidence carried across steps is the
+            // cluster's on every step, not this replica's share.
+            let local = old.snapshot();
+            let cells = self.cluster_cells(old, &local).unwrap_or(local);
+            let summary = old.summary_of(&cells, previous.analysis.min_samples, Some(now));
             let mut history = lock(&self.history);
             history.push_front(summary);
             history.truncate(HISTORY);
@@ -314,6 +325,13 @@ impl Experiment {
             phase_id: phase.id.clone(),
             arms,
             weights: phase.weights.clone(),
+            users: {
+                let (counts, fraction) = phase.users();
+                counts
+                    .iter()
+                    .map(|n| *n as f64 / fraction.max(f64::MIN_POSITIVE))
+                    .collect()
+            },
             srm_evalue: Some(phase.srm().e_value),
             tripped: Vec::new(),
         };
@@ -339,6 +357,16 @@ impl Experiment {
         lock(&self.trips).insert(trip.guardrail.clone(), trip);
     }
 
+    /// Unix time of the latest trip on `arm` this process carried out (its own or a
+    /// replica's it applied), if any.
+    pub fn last_trip_on(&self, arm: &str) -> Option<f64> {
+        lock(&self.trips)
+            .values()
+            .filter(|t| t.arm == arm)
+            .map(|t| t.time)
+            .max_by(f64::total_cmp)
+    }
+
     /// `GET /api/experiment` for config version `version` and its phase.
     pub fn view(&self, phase: &Phase, config: &RouterConfig, version: u64) -> ExperimentView {
         let local = phase.snapshot();
@@ -354,6 +382,7 @@ impl Experiment {
         if let Some(f) = figures {
             summary.srm = f.srm(summary.srm);
         }
+        let cluster_users = figures.map(|f| f.users.clone()).unwrap_or_default();
         let trips = lock(&self.trips);
         let guardrails = config
             .guardrails
@@ -409,6 +438,7 @@ impl Experiment {
             source_up: source.up,
             reason: source.reason,
             source_freshest: source.freshest,
+            cluster_users,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct ClusterFigures {
     pub srm_evalue: Option<f64>,
     /// The largest mean e-value read in the phase (the alarm latches).
     pub srm_evalue_max: f64,
+    /// Each arm's distinct users on the replica that saw the most (a lower bound).
+    pub users: BTreeMap<String, f64>,
 }
 
 /// What the source says now (for `/api/experiment` and the gauges).
@@ -158,6 +160,7 @@ impl Source {
                 arms: read.arms.clone(),
                 srm_evalue: read.srm_evalue,
                 srm_evalue_max: previous_max.max(read.srm_evalue.unwrap_or(0.0)),
+                users: read.users.clone(),
             }),
         };
         self.up.set(1);
@@ -223,6 +226,7 @@ mod tests {
             .collect(),
             srm_evalue: Some(2.0),
             srm_evalue_max: 2.0,
+            users: BTreeMap::new(),
         };
         let local = vec![
             ArmCell {
@@ -258,6 +262,7 @@ mod tests {
             arms: BTreeMap::new(),
             srm_evalue: Some(50.0),
             srm_evalue_max: 50.0,
+            users: BTreeMap::new(),
         };
         let v = f.srm(base.clone());
         assert!(!v.alarm && (v.p_value - 0.02).abs() < 1e-12 && v.e_value == 50.0);
