@@ -409,3 +409,108 @@ impl Seen {
         self.positions.iter().map(|p| p.revision).max().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector;
+
+    fn rollout(arm: &str, steps: Vec<f64>) -> RolloutConfig {
+        RolloutConfig {
+            arm: arm.into(),
+            steps,
+            min_step: std::time::Duration::from_secs(1),
+            min_users_per_step: 1,
+            gates: Vec::new(),
+            on_complete: crate::config::OnComplete::Promote,
+        }
+    }
+
+    fn at(revision: u64, state: RolloutState, step: usize, started: f64) -> Position {
+        Position {
+            revision,
+            state,
+            step,
+            step_started_at: started,
+            started_at: 1.0,
+            replicas: 1,
+        }
+    }
+
+    #[test]
+    fn positions_supersede_in_one_order_on_every_replica() {
+        use RolloutState::*;
+        // A rollback above any revision.
+        assert!(at(1, RolledBack, 0, 5.0).supersedes(&at(9, Running, 2, 5.0)));
+        assert!(!at(9, Completed, 2, 5.0).supersedes(&at(1, RolledBack, 0, 5.0)));
+        // Then the revision.
+        assert!(at(4, Running, 0, 5.0).supersedes(&at(3, Paused, 2, 1.0)));
+        // At one revision: running < paused < completed, then the step, then the
+        // earlier start.
+        assert!(at(4, Paused, 1, 5.0).supersedes(&at(4, Running, 2, 1.0)));
+        assert!(at(4, Completed, 0, 5.0).supersedes(&at(4, Paused, 2, 1.0)));
+        assert!(at(4, Running, 2, 5.0).supersedes(&at(4, Running, 1, 1.0)));
+        assert!(at(4, Running, 2, 1.0).supersedes(&at(4, Running, 2, 5.0)));
+        assert!(!at(4, Running, 2, 1.0).supersedes(&at(4, Running, 2, 1.0)));
+        // A total order: sorting any permutation gives one first.
+        let mut all = vec![
+            at(4, Running, 2, 5.0),
+            at(1, RolledBack, 0, 9.0),
+            at(4, Running, 2, 1.0),
+            at(5, Pending, 0, 0.0),
+        ];
+        all.sort_by(|a, b| b.order(a));
+        assert_eq!(all[0].state, RolledBack);
+        assert_eq!(all[1].revision, 5);
+        assert!((all[2].step_started_at - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_rollout_id_is_hex_and_changes_with_the_experiment_arm_and_steps() {
+        let config = rollout;
+        let a = rollout_id("wine", "s", &config("c", vec![1.0, 5.0]));
+        assert!(!a.is_empty() && a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, rollout_id("wine", "s", &config("c", vec![1.0, 5.0])));
+        assert_ne!(a, rollout_id("wine2", "s", &config("c", vec![1.0, 5.0])));
+        assert_ne!(a, rollout_id("wine", "t", &config("c", vec![1.0, 5.0])));
+        assert_ne!(a, rollout_id("wine", "s", &config("d", vec![1.0, 5.0])));
+        assert_ne!(a, rollout_id("wine", "s", &config("c", vec![1.0, 10.0])));
+    }
+
+    #[test]
+    fn a_pending_record_is_not_exported_and_a_started_one_is_one_series() {
+        let registry = Registry::new();
+        let gauges = RolloutGauges::new(&registry).unwrap_or_else(|e| panic!("{e}"));
+        let config = rollout("c", vec![1.0, 5.0]);
+        let mut r = Record::pending(&config);
+        gauges.show("ab12", Some(&r), true);
+        assert!(gauges.record.collect()[0].get_metric().is_empty());
+        r.state = RolloutState::Running;
+        r.revision = 3;
+        r.step = 1;
+        r.step_started_at = 1234.5;
+        r.started_at = 1000.25;
+        gauges.show("ab12", Some(&r), true);
+        r.revision = 4;
+        gauges.show("ab12", Some(&r), true);
+        let families = gauges.record.collect();
+        let metrics = families[0].get_metric();
+        assert_eq!(metrics.len(), 1);
+        let labels: Vec<(&str, &str)> = metrics[0]
+            .get_label()
+            .iter()
+            .map(|l| (l.name(), l.value()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("revision", "4"),
+                ("rollout", "ab12"),
+                ("started_at", "1000.250"),
+                ("state", "running"),
+                ("step", "1")
+            ]
+        );
+        assert!((metrics[0].get_gauge().get_value() - 1234.5).abs() < 1e-9);
+    }
+}

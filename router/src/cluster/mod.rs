@@ -296,6 +296,9 @@ pub enum SourceError {
     /// A phase id that is not a content id (never put into a query).
     #[error("phase id {0:?} is not hexadecimal")]
     BadPhase(String),
+    /// A rollout id that is not hexadecimal (never put into a query).
+    #[error("rollout id {0:?} is not hexadecimal")]
+    BadRollout(String),
 }
 
 /// Reads the cluster's sums for `phase_id` from the Prometheus at `base`.
@@ -352,7 +355,7 @@ pub async fn read_rollout(
     rollout: &str,
 ) -> Result<Vec<crate::rollout::Position>, SourceError> {
     if rollout.is_empty() || !rollout.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(SourceError::BadPhase(rollout.chars().take(32).collect()));
+        return Err(SourceError::BadRollout(rollout.chars().take(32).collect()));
     }
     let [ever, now] = rollout_queries(rollout);
     let (ever, now) = tokio::join!(
@@ -665,6 +668,28 @@ mod tests {
         // Replicas and freshness from the series every replica exports from its first
         // scrape, before any request.
         assert!(q[3].contains(SRM_EVALUE) && q[4].contains(SRM_EVALUE));
+    }
+
+    #[test]
+    fn rollout_records_are_read_for_the_rollout_over_30_days_with_their_earliest_start() {
+        let [ever, now] = rollout_queries("ab12");
+        assert_eq!(
+            ever,
+            "min by (revision, state, step, started_at) (min_over_time(abgate_rollout_record{rollout=\"ab12\"}[30d]))"
+        );
+        assert_eq!(
+            now,
+            "count by (revision, state, step, started_at) (abgate_rollout_record{rollout=\"ab12\"})"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rollout_id_that_is_not_hex_never_reaches_a_query() {
+        let client = HttpClient::new(std::time::Duration::from_millis(100));
+        for bad in ["", "ab\"}) or vector(1", "zz"] {
+            let r = read_rollout(&client, "http://127.0.0.1:9", bad).await;
+            assert!(matches!(r, Err(SourceError::BadRollout(_))), "{bad}: {r:?}");
+        }
     }
 
     #[tokio::test]

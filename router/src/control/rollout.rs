@@ -1920,6 +1920,121 @@ mod tests {
         assert_eq!(state_of(&router).0, RolloutState::RolledBack);
     }
 
+    fn position(revision: u64, state: RolloutState, step: usize, at: f64) -> rollout::Position {
+        rollout::Position {
+            revision,
+            state,
+            step,
+            step_started_at: at,
+            started_at: at,
+            replicas: 2,
+        }
+    }
+
+    fn seen(router: &Router, positions: Vec<rollout::Position>) -> rollout::Seen {
+        let mut positions = positions;
+        positions.sort_by(|a, b| b.order(a));
+        rollout::Seen {
+            rollout: id_of(&router.active().config).unwrap_or_default(),
+            read_at: unix_now(),
+            positions,
+        }
+    }
+
+    #[test]
+    fn in_cluster_mode_the_position_that_supersedes_is_adopted_and_users_never_move_back() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        let text = FILE.replace(
+            "salt = \"s\"\n",
+            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
+        );
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        // Before the cluster's records were read once, nothing starts here.
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::Pending);
+        assert!(view(&router).waiting_for[0].contains("not read yet"));
+        // An empty cluster: this replica starts the rollout (revision 1).
+        adopt(&router, seen(&router, vec![]));
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::Running);
+        let own = router.rollout.lock().as_ref().map(Record::position);
+        assert_eq!(own.as_ref().map(|p| p.revision), Some(1));
+        // Another replica is two transitions further: its step is taken, raising the
+        // candidate's share, as one transition by the cluster.
+        adopt(
+            &router,
+            seen(&router, vec![position(3, RolloutState::Running, 1, 50.0)]),
+        );
+        let (state, step, percent) = state_of(&router);
+        assert_eq!((state, step), (RolloutState::Running, 1));
+        assert!((percent - 5.0).abs() < 1e-9);
+        let v = view(&router);
+        assert_eq!(v.history.len(), 2);
+        assert_eq!(v.history[1].by, "cluster");
+        assert!(
+            v.history[1].reason.contains("revision 3"),
+            "{:?}",
+            v.history
+        );
+        assert_eq!(v.cluster.map(|c| c.positions.len()), Some(1));
+        // An older revision is ignored; the same position with an earlier start only
+        // moves the start, without a transition.
+        adopt(
+            &router,
+            seen(&router, vec![position(2, RolloutState::Running, 2, 10.0)]),
+        );
+        assert_eq!(state_of(&router).1, 1);
+        adopt(
+            &router,
+            seen(&router, vec![position(3, RolloutState::Running, 1, 40.0)]),
+        );
+        assert_eq!(view(&router).history.len(), 2);
+        assert_eq!(view(&router).step_started_at, Some(40.0));
+        // An operator's pause elsewhere at the same revision as a step here: the
+        // higher step stands (no user moves back), paused.
+        adopt(
+            &router,
+            seen(&router, vec![position(3, RolloutState::Paused, 0, 30.0)]),
+        );
+        let (state, step, percent) = state_of(&router);
+        assert_eq!((state, step), (RolloutState::Paused, 1));
+        assert!((percent - 5.0).abs() < 1e-9);
+        // A command here takes a revision above any seen.
+        let v = act(&router, Action::Resume).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.state, Some(RolloutState::Running));
+        let own = router.rollout.lock().as_ref().map(Record::position);
+        assert_eq!(own.map(|p| p.revision), Some(4));
+        // A rollback anywhere supersedes every revision, and stays.
+        adopt(
+            &router,
+            seen(
+                &router,
+                vec![position(1, RolloutState::RolledBack, 0, 60.0)],
+            ),
+        );
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+        assert_eq!(router.active().config.weights(), vec![95.0, 0.0]);
+        adopt(
+            &router,
+            seen(
+                &router,
+                vec![
+                    position(9, RolloutState::Running, 2, 70.0),
+                    position(1, RolloutState::RolledBack, 0, 60.0),
+                ],
+            ),
+        );
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+        assert_eq!(router.active().config.weights(), vec![95.0, 0.0]);
+        // Another rollout's records are not this one's.
+        let mut other = seen(&router, vec![position(20, RolloutState::Running, 2, 1.0)]);
+        other.rollout = "00".into();
+        adopt(&router, other);
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+    }
+
     fn stratum_of(estimate: f64, std_error: f64, n: f64) -> Stratum {
         Stratum {
             phase_id: "p".into(),
