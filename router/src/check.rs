@@ -180,6 +180,18 @@ fn rollout_plan(config: &RouterConfig) -> Option<String> {
             g.max_degradation
         );
     }
+    if let Some(max) = r.max_exposed_users {
+        let _ = writeln!(
+            out,
+            "  exposure: no step is taken at which more than {max} users could see a candidate worse than a gate's allowance before the gate could catch it"
+        );
+    }
+    if config.analysis.cluster.is_some() {
+        let _ = writeln!(
+            out,
+            "  cluster mode: every replica takes the step the cluster's records in Prometheus say (a rollout run again needs a new experiment.name)"
+        );
+    }
     if !config.analysis.statistics {
         let _ = writeln!(
             out,
@@ -241,7 +253,7 @@ mod tests {
     #[test]
     fn the_rollout_plan_lists_each_step_and_only_moves_users_to_the_candidate() {
         let mut text = "listen = \"127.0.0.1:8080\"\n[experiment]\nsalt = \"s\"\n[[arms]]\nname = \"best_model\"\nurl = \"http://127.0.0.1:6001\"\nweight = 100\n[[arms]]\nname = \"candidate_model\"\nurl = \"http://127.0.0.1:6002\"\nweight = 0\n".to_string();
-        text.push_str("[[guardrails]]\nname = \"errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.01\naction = \"rollback\"\n[rollout]\narm = \"candidate_model\"\nsteps = [1, 5, 25, 50, 100]\nmin_step_seconds = 60\n");
+        text.push_str("[[guardrails]]\nname = \"errors\"\nmetric = \"error_rate\"\narm = \"candidate_model\"\nmax_degradation = 0.01\naction = \"rollback\"\n[rollout]\narm = \"candidate_model\"\nsteps = [1, 5, 25, 50, 100]\nmin_step_seconds = 60\nmax_exposed_users = 2500\n");
         let c = RouterConfig::parse(Path::new("r.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
         let plan = rollout_plan(&c).unwrap_or_default();
         assert!(
@@ -249,6 +261,13 @@ mod tests {
             "{plan}"
         );
         assert!(plan.contains("gate errors"), "{plan}");
+        assert!(plan.contains("more than 2500 users could see"), "{plan}");
+        let zero = text.replace("max_exposed_users = 2500", "max_exposed_users = 0");
+        let e = RouterConfig::parse(Path::new("r.toml"), &zero)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("rollout.max_exposed_users"), "{e}");
         assert!(plan.contains("step 1     1.000% of users on candidate_model; moving: 1.000% best_model -> candidate_model"), "{plan}");
         assert!(plan.contains("step 3    25.000% of users on candidate_model; moving: 20.000% best_model -> candidate_model"), "{plan}");
         assert!(plan.contains("step 5   100.000% of users on candidate_model; moving: 50.000% best_model -> candidate_model"), "{plan}");

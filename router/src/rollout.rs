@@ -423,6 +423,7 @@ mod tests {
             min_users_per_step: 1,
             gates: Vec::new(),
             on_complete: crate::config::OnComplete::Promote,
+            max_exposed_users: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub(super) struct RawRollout {
     gates: Option<Vec<String>>,
     #[serde(default = "default_on_complete")]
     on_complete: String,
+    #[serde(default)]
+    max_exposed_users: Option<u64>,
 }
 
 /// `[admin]` as written.
@@ -73,6 +75,10 @@ pub struct RolloutConfig {
     pub gates: Vec<String>,
     /// `promote` or `hold`.
     pub on_complete: OnComplete,
+    /// Never move to a step at which more than this many users would see a
+    /// candidate worse by a gate's allowance before the gate could catch it (an
+    /// estimate from the step's interval width and traffic; `None`: no limit).
+    pub max_exposed_users: Option<u64>,
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -207,6 +213,9 @@ pub(super) fn validate_rollout(
         "hold" => OnComplete::Hold,
         _ => return err("on_complete", "must be \"promote\" or \"hold\""),
     };
+    if raw.max_exposed_users == Some(0) {
+        return err("max_exposed_users", "must be at least 1 (leave it out for no limit)");
+    }
     Ok(RolloutConfig {
         arm: raw.arm,
         steps: raw.steps,
@@ -214,6 +223,7 @@ pub(super) fn validate_rollout(
         min_users_per_step,
         gates,
         on_complete,
+        max_exposed_users: raw.max_exposed_users,
     })
 }
 

@@ -82,6 +82,12 @@ pub struct Gate {
     /// several steps (empty: the current phase's own interval).
     #[serde(default)]
     pub strata: Vec<Stratum>,
+    /// The current step's own estimate (a guardrail trips on it), when it has one.
+    #[serde(default)]
+    pub step: Option<Stratum>,
+    /// The gate's level (α of its guardrail's family).
+    #[serde(default)]
+    pub alpha: Option<f64>,
 }
 
 /// One phase's (one step's) estimate of arm − control on a gate's metric.
@@ -254,6 +260,11 @@ pub struct Evidence {
     /// replica's share of the evidence.
     #[serde(default)]
     pub stale: Option<String>,
+    /// Seconds from a step's figures showing a degradation to the candidate's weight
+    /// being 0 on every replica: the guardrails' tick, and in cluster mode the
+    /// cluster's reads (two intervals: a scrape, then a read).
+    #[serde(default)]
+    pub detection_latency: f64,
 }
 
 /// What the controller does on a tick.
@@ -300,6 +311,102 @@ fn allowance(metric: Metric, max_degradation: f64) -> String {
     } else {
         amount(metric, max_degradation)
     }
+}
+
+/// The users a step at `next_percent` would expose to a candidate worse by
+/// `allowance` before a guardrail could catch it, estimated from the current step (at
+/// `now_percent`, on for `seconds`, `users` candidate users): its own estimate's
+/// standard error, effective size and degrees of freedom (`step`), at level `alpha`.
+///
+/// A step is a new phase: its interval starts wide and narrows with information. With
+/// variance σ² per user on both arms and `N` users split `p` : `1 − p`, the
+/// information is `N·p(1 − p)/σ²`, so at the next share `q` it grows, per candidate
+/// user, `(1 − p)/(1 − q)` times slower... faster at a small `q`. The half-width at `k`
+/// times the current step's information is `t(M(k·n), k·df)·se/√k` (the router's
+/// boundary `M`, as in [`combine`]); the least `k` that brings it to the allowance
+/// takes `k·users·(1 − p)/(1 − q)` candidate users at the next step. From then on a
+/// candidate worse by the allowance is no longer shown not worse (the ramp stops) and
+/// one worse by twice the allowance trips its guardrail. Add the candidate users who
+/// arrive at the next step's rate while a trip takes effect (`latency` seconds). No
+/// control is left at 100%, and an allowance of 0 is never reached: infinite.
+#[allow(clippy::too_many_arguments)]
+pub fn exposure(
+    step: &Stratum,
+    alpha: f64,
+    allowance: f64,
+    users: u64,
+    now_percent: f64,
+    next_percent: f64,
+    seconds: f64,
+    latency: f64,
+) -> f64 {
+    let (p, q) = (now_percent / 100.0, next_percent / 100.0);
+    let usable = step.std_error.is_finite()
+        && step.std_error > 0.0
+        && step.effective_n > 0.0
+        && step.degrees_of_freedom > 0.0;
+    if allowance <= 0.0 || q >= 1.0 || p <= 0.0 || !usable {
+        return f64::INFINITY;
+    }
+    let Some(boundary) = abgate_stats::Boundary::default().with_alpha(alpha) else {
+        return f64::INFINITY;
+    };
+    let half = |k: f64| {
+        student_t_matching_normal(
+            boundary.multiplier(k * step.effective_n),
+            k * step.degrees_of_freedom,
+        ) * step.std_error
+            / k.sqrt()
+    };
+    // The half-width falls with k (1/√k beats the boundary's √log k): bisect on log k.
+    let (mut lo, mut hi) = (1e-6_f64, 1e12_f64);
+    if half(hi) > allowance {
+        return f64::INFINITY;
+    }
+    if half(lo) <= allowance {
+        hi = lo;
+    }
+    while hi / lo > 1.001 {
+        let mid = (lo * hi).sqrt();
+        if half(mid) <= allowance {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let users = users as f64;
+    let information = hi * users * (1.0 - p) / (1.0 - q);
+    let rate = users / seconds.max(1.0) * (q / p);
+    information + rate * latency.max(0.0)
+}
+
+/// For the step after `step`: the largest exposure over the gates (see [`exposure`])
+/// and the gate it comes from; `None` at the last step or without any gate's interval.
+pub fn next_exposure(
+    config: &RolloutConfig,
+    step: usize,
+    seconds_in_step: f64,
+    evidence: &Evidence,
+) -> Option<(f64, String)> {
+    let now = *config.steps.get(step)?;
+    let next = *config.steps.get(step + 1)?;
+    evidence
+        .gates
+        .iter()
+        .filter_map(|g| {
+            let e = exposure(
+                g.step.as_ref()?,
+                g.alpha?,
+                g.max_degradation,
+                evidence.candidate_users,
+                now,
+                next,
+                seconds_in_step,
+                evidence.detection_latency,
+            );
+            Some((e, g.name.clone()))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// The pure rule of one tick on step `step` of a `state` rollout that has been on the
@@ -364,7 +471,26 @@ pub fn decide(
     }
     let next = step + 1;
     match config.steps.get(next) {
-        Some(p) if *p < 100.0 => Decision::Advance { to: next },
+        Some(p) if *p < 100.0 => {
+            if let Some(max) = config.max_exposed_users {
+                match next_exposure(config, step, seconds_in_step, evidence) {
+                    Some((e, gate)) if e > max as f64 => {
+                        return Decision::Hold(vec![format!(
+                            "exposure: at {p}% about {} users could see a candidate worse than {gate}'s allowance before it could catch it (max_exposed_users = {max})",
+                            if e.is_finite() { format!("{e:.0}") } else { "all its".into() }
+                        )]);
+                    }
+                    None if !evidence.gates.is_empty() => {
+                        return Decision::Hold(vec![
+                            "exposure at the next step cannot be estimated yet (max_exposed_users)"
+                                .into(),
+                        ]);
+                    }
+                    _ => {}
+                }
+            }
+            Decision::Advance { to: next }
+        }
         _ => Decision::Complete,
     }
 }
@@ -403,6 +529,8 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
                 enough_data: c.is_some_and(|c| c.verdict != Verdict::NotEnoughData),
                 tripped: g.is_some_and(|g| g.state == "tripped"),
                 strata: Vec::new(),
+                step: None,
+                alpha: None,
             };
             let Some(g) = g else {
                 return gate;
@@ -410,6 +538,8 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
             let alpha = g
                 .alpha
                 .unwrap_or(abgate_stats::sequence::DEFAULT_ALPHA / g.family_size.max(1) as f64);
+            gate.alpha = Some(alpha);
+            gate.step = c.and_then(|c| stratum(c, &view.phase_id, alpha));
             // Oldest first: the ended phases of the rollout, then the current one.
             let mut strata: Vec<Stratum> = view
                 .history
@@ -461,6 +591,8 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
                 enough_data: true,
                 tripped: true,
                 strata: Vec::new(),
+                step: None,
+                alpha: None,
             };
             let text = format!(
                 "guardrail {} tripped ({} worse than the allowed {}, {})",
@@ -486,6 +618,7 @@ pub fn evidence_from(view: &ExperimentView, arm: &str, gates: &[String], since: 
                     .unwrap_or_else(|| "no fresh data".to_string())
             },
         ),
+        detection_latency: 0.0,
     }
 }
 
@@ -495,7 +628,15 @@ fn evidence(router: &Router, active: &Active, arm: &str, gates: &[String], since
     let view = router
         .experiment
         .view(&active.phase, &active.config, active.version);
-    evidence_from(&view, arm, gates, since)
+    let mut e = evidence_from(&view, arm, gates, since);
+    let reads = active
+        .config
+        .analysis
+        .cluster
+        .as_ref()
+        .map_or(0.0, |c| 2.0 * c.interval.as_secs_f64());
+    e.detection_latency = crate::experiment::TICK.as_secs_f64() + reads;
+    e
 }
 
 /// The first of `steps` at or above `percent`: the step a rollout can take without
@@ -1050,8 +1191,13 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                     let file = apply_percent(router, &config.arm, percent);
                     record.step = to;
                     record.step_started_at = unix_now();
+                    let exposure = next_exposure(config, record.step, seconds, &evidence)
+                        .filter(|(e, _)| e.is_finite())
+                        .map_or(String::new(), |(e, gate)| {
+                            format!(" (a candidate worse than {gate}'s allowance would reach about {e:.0} users there before it could be caught)")
+                        });
                     let reason = format!(
-                        "step {want}% shown not worse on {} candidate users{}; advancing to {percent}%",
+                        "step {want}% shown not worse on {} candidate users{}; advancing to {percent}%{exposure}",
                         evidence.candidate_users,
                         gates_summary(&evidence)
                     );
@@ -1278,6 +1424,23 @@ pub struct RolloutView {
     /// Cluster mode: the rollout's id and the last read of every replica's record,
     /// the one that supersedes the others first (`null` on a single node).
     pub cluster: Option<rollout::Seen>,
+    /// The users the next step could expose to a candidate worse than a gate's
+    /// allowance before the gate could catch it (running or paused, before the last
+    /// step; see `max_exposed_users`).
+    pub next_exposure: Option<ExposureView>,
+}
+
+/// The exposure estimate of the next step, for the view.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExposureView {
+    /// The next step's percent of users.
+    pub percent: f64,
+    /// Estimated users (`null`: no gate could catch it there).
+    pub users: Option<f64>,
+    /// The gate the estimate comes from (the largest).
+    pub gate: String,
+    /// `max_exposed_users`, if set.
+    pub max: Option<u64>,
 }
 
 /// The rollout's view now (the evidence and what it waits for computed fresh).
@@ -1326,6 +1489,7 @@ pub fn view(router: &Router) -> RolloutView {
             state_file,
             history: Vec::new(),
             cluster: None,
+            next_exposure: None,
         };
     };
     let Some(record) = record.filter(|r| r.is_for(&config)) else {
@@ -1345,6 +1509,7 @@ pub fn view(router: &Router) -> RolloutView {
             state_file,
             history: Vec::new(),
             cluster: None,
+            next_exposure: None,
         };
     };
     let seconds =
@@ -1389,6 +1554,15 @@ pub fn view(router: &Router) -> RolloutView {
         ),
         _ => (None, Vec::new()),
     };
+    let next_exposure = evidence.as_ref().and_then(|e| {
+        let (users, gate) = next_exposure(&config, record.step, seconds.unwrap_or(0.0), e)?;
+        Some(ExposureView {
+            percent: config.steps.get(record.step + 1).copied().unwrap_or(100.0),
+            users: users.is_finite().then_some(users.round()),
+            gate,
+            max: config.max_exposed_users,
+        })
+    });
     RolloutView {
         configured: true,
         arm: Some(config.arm.clone()),
@@ -1404,6 +1578,7 @@ pub fn view(router: &Router) -> RolloutView {
         evidence,
         state_file,
         history: record.history,
+        next_exposure,
         cluster: active
             .config
             .analysis
@@ -1551,6 +1726,7 @@ mod tests {
             min_users_per_step: 500,
             gates: vec!["errors".into(), "latency".into()],
             on_complete: OnComplete::Promote,
+            max_exposed_users: None,
         }
     }
 
@@ -1565,6 +1741,8 @@ mod tests {
             enough_data: true,
             tripped: false,
             strata: Vec::new(),
+            step: None,
+            alpha: None,
         }
     }
 
@@ -1581,6 +1759,7 @@ mod tests {
             last_trip: None,
             previous_phase_users: 0,
             stale: None,
+            detection_latency: 1.0,
         }
     }
 
@@ -1939,6 +2118,87 @@ mod tests {
             read_at: unix_now(),
             positions,
         }
+    }
+
+    #[test]
+    fn the_exposure_grows_with_the_next_share_and_falls_with_the_allowance() {
+        let step = Stratum {
+            phase_id: "p".into(),
+            estimate: 0.0,
+            std_error: 0.002,
+            effective_n: 5000.0,
+            degrees_of_freedom: 120.0,
+            ci_low: None,
+            ci_high: None,
+        };
+        let at = |allowance: f64, next: f64| exposure(&step, 0.05, allowance, 500, 1.0, next, 300.0, 0.0);
+        // More users at a larger next share; fewer with a wider allowance.
+        assert!(at(0.01, 5.0) < at(0.01, 25.0) && at(0.01, 25.0) < at(0.01, 50.0));
+        assert!(at(0.02, 25.0) < at(0.01, 25.0) / 3.0);
+        // Nothing can be caught without a control, nor within an allowance of 0.
+        assert!(at(0.01, 100.0).is_infinite() && at(0.0, 25.0).is_infinite());
+        // About (half-width / allowance)² × users × (1 − p)/(1 − q): the router's
+        // half-width now is ~2.6 standard errors wider than the allowance allows.
+        let half = student_t_matching_normal(
+            abgate_stats::Boundary::default()
+                .with_alpha(0.05)
+                .map_or(f64::NAN, |b| b.multiplier(5000.0)),
+            120.0,
+        ) * 0.002;
+        let rough = (half / 0.01).powi(2) * 500.0 * 0.99 / 0.95;
+        let e = at(0.01, 5.0);
+        assert!(e > 0.5 * rough && e < 2.0 * rough, "{e} vs {rough}");
+        // Users arriving during the detection latency at the next share add on.
+        let late = exposure(&step, 0.05, 0.01, 500, 1.0, 5.0, 300.0, 6.0);
+        assert!((late - e - 500.0 / 300.0 * 5.0 * 6.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn max_exposed_users_holds_a_step_that_would_expose_too_many() {
+        let mut c = config();
+        let mut e = healthy();
+        for g in &mut e.gates {
+            g.alpha = Some(0.025);
+            g.step = Some(Stratum {
+                phase_id: "p".into(),
+                estimate: 0.0,
+                std_error: g.max_degradation / 8.0,
+                effective_n: 600.0,
+                degrees_of_freedom: 100.0,
+                ci_low: None,
+                ci_high: None,
+            });
+        }
+        let (estimate, gate) =
+            next_exposure(&c, 0, 400.0, &e).unwrap_or((f64::NAN, String::new()));
+        assert!(estimate.is_finite() && estimate > 0.0, "{estimate}");
+        c.max_exposed_users = Some(estimate.ceil() as u64 + 1);
+        assert_eq!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::Advance { to: 1 }
+        );
+        c.max_exposed_users = Some((estimate / 2.0) as u64);
+        match decide(&c, RolloutState::Running, 0, 400.0, &e) {
+            Decision::Hold(w) => {
+                assert_eq!(w.len(), 1);
+                assert!(w[0].starts_with("exposure: at 5% about"), "{w:?}");
+                assert!(w[0].contains(&gate), "{w:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without a step's own estimate the exposure is not known: hold.
+        e.gates[0].step = None;
+        e.gates[1].step = None;
+        assert!(matches!(
+            decide(&c, RolloutState::Running, 0, 400.0, &e),
+            Decision::Hold(w) if w[0].contains("cannot be estimated")
+        ));
+        // The last step before 100% completes whatever the limit (there is no next
+        // step with a control to catch anything).
+        assert_eq!(
+            decide(&c, RolloutState::Running, 3, 400.0, &healthy()),
+            Decision::Complete
+        );
     }
 
     #[test]

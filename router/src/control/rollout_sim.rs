@@ -10,7 +10,8 @@
 use abgate_stats::{bucket_of, compare_users, BucketSums, Metric, UserCompareConfig, Verdict};
 use std::time::Duration;
 
-use super::rollout::{combine, decide, Decision, Evidence, Gate, Stratum};
+use super::rollout::{combine, decide, next_exposure, Decision, Evidence, Gate, Stratum};
+use abgate_stats::guardrail::beyond_degradation;
 use crate::config::{OnComplete, RolloutConfig};
 use crate::rollout::RolloutState;
 
@@ -52,6 +53,21 @@ struct World {
     max_seconds: u64,
     max_degradation: f64,
     carry: bool,
+    /// The candidate's extra error rate applies from this step on (`0`: from the
+    /// start): a candidate that degrades at scale.
+    bad_from: usize,
+    /// The router's guardrail too: a step whose own interval lies beyond the
+    /// allowance rolls back (the gate's interval is combined across steps).
+    guardrail: bool,
+}
+
+/// The exposure estimate made when a ramp advanced to the step where the candidate
+/// turns bad, and the candidate users that step actually reached before the
+/// rollback (`None`: not rolled back on that step).
+#[derive(Debug, Clone, Copy)]
+struct Exposure {
+    estimate: f64,
+    actual: Option<u64>,
 }
 
 const MAX_DEGRADATION: f64 = 0.01;
@@ -64,12 +80,13 @@ fn config() -> RolloutConfig {
         min_users_per_step: 100,
         gates: vec!["errors".into()],
         on_complete: OnComplete::Promote,
+        max_exposed_users: None,
     }
 }
 
 /// One ramp: every simulated second, new users (one request each) split by the
 /// step's share, then one decision on the step's statistics.
-fn ramp(world: &World, seed: u64) -> Outcome {
+fn ramp(world: &World, seed: u64) -> (Outcome, Option<Exposure>) {
     let config = config();
     let compare = UserCompareConfig {
         min_samples: 100,
@@ -80,13 +97,19 @@ fn ramp(world: &World, seed: u64) -> Outcome {
     let (mut control, mut candidate) = (BucketSums::new(), BucketSums::new());
     let (mut candidate_users, mut exposed, mut step_start) = (0u64, 0u64, 0u64);
     let mut ended: Vec<Stratum> = Vec::new();
+    let mut estimate: Option<f64> = None;
     for second in 1..=world.max_seconds {
         let share = config.steps[step] / 100.0;
+        let extra = if step >= world.bad_from {
+            world.extra_error
+        } else {
+            0.0
+        };
         for _ in 0..world.users_per_second {
             let user = rng.next();
             let bucket = bucket_of(user);
             if rng.unit() < share {
-                let error = rng.unit() < world.base_error + world.extra_error;
+                let error = rng.unit() < world.base_error + extra;
                 candidate.push_bool(bucket, error);
                 candidate_users += 1;
                 exposed += 1;
@@ -106,9 +129,26 @@ fn ramp(world: &World, seed: u64) -> Outcome {
             ci_high: Some(i.ci_high),
         });
         let enough = c.verdict != Verdict::NotEnoughData;
+        // Caught on the step that turned bad, or not there.
+        let exposed_here = |estimate: Option<f64>| {
+            estimate.map(|estimate| Exposure {
+                estimate,
+                actual: (step == world.bad_from).then_some(candidate_users),
+            })
+        };
+        if world.guardrail
+            && enough
+            && matches!((c.ci_low, c.ci_high), (Some(l), Some(h)) if beyond_degradation(Metric::ErrorRate, l, h, world.max_degradation))
+        {
+            return (
+                Outcome::RolledBack { step, exposed },
+                exposed_here(estimate),
+            );
+        }
         let (mut ci_low, mut ci_high) = (c.ci_low, c.ci_high);
+        let mut strata = Vec::new();
         if world.carry && !ended.is_empty() {
-            let mut strata = ended.clone();
+            strata = ended.clone();
             strata.extend(now.clone().filter(|_| enough));
             if let Some((_, low, high)) = combine(&strata, ALPHA) {
                 (ci_low, ci_high) = (Some(low), Some(high));
@@ -129,18 +169,34 @@ fn ramp(world: &World, seed: u64) -> Outcome {
                 ci_high,
                 enough_data: enough || (world.carry && !ended.is_empty()),
                 tripped: false,
-                strata: Vec::new(),
+                strata,
+                step: now.clone().filter(|_| enough),
+                alpha: Some(ALPHA),
             }],
             last_trip: None,
             previous_phase_users: 0,
+            detection_latency: 1.0,
         };
         let in_step = (second - step_start) as f64;
         match decide(&config, RolloutState::Running, step, in_step, &evidence) {
             Decision::Hold(_) => {}
-            Decision::RollBack(_) => return Outcome::RolledBack { step, exposed },
-            Decision::Complete => return Outcome::Promoted { seconds: second },
+            Decision::RollBack(_) => {
+                return (
+                    Outcome::RolledBack { step, exposed },
+                    exposed_here(estimate),
+                )
+            }
+            Decision::Complete => {
+                return (
+                    Outcome::Promoted { seconds: second },
+                    exposed_here(estimate).map(|e| Exposure { actual: None, ..e }),
+                )
+            }
             Decision::Advance { to } => {
                 assert_eq!(to, step + 1, "steps only go up, one at a time");
+                if to == world.bad_from {
+                    estimate = next_exposure(&config, step, in_step, &evidence).map(|e| e.0);
+                }
                 if let Some(now) = now.filter(|_| enough) {
                     ended.push(now);
                 }
@@ -153,7 +209,11 @@ fn ramp(world: &World, seed: u64) -> Outcome {
             }
         }
     }
-    Outcome::TimedOut { step }
+    let missed = estimate.map(|estimate| Exposure {
+        estimate,
+        actual: None,
+    });
+    (Outcome::TimedOut { step }, missed)
 }
 
 fn quantile(sorted: &[u64], q: f64) -> u64 {
@@ -177,7 +237,7 @@ fn run(world: &World, ramps: u64, seed: u64) -> Tally {
         timed_out: 0,
     };
     for i in 0..ramps {
-        match ramp(world, seed.wrapping_mul(1_000_003).wrapping_add(i)) {
+        match ramp(world, seed.wrapping_mul(1_000_003).wrapping_add(i)).0 {
             Outcome::Promoted { seconds } => t.promoted.push(seconds),
             Outcome::RolledBack { step, exposed } => t.rolled_back.push((step, exposed)),
             Outcome::TimedOut { .. } => t.timed_out += 1,
@@ -201,6 +261,8 @@ fn simulated_ramps_keep_their_error_rates_and_report_time_to_promote() {
         max_seconds: 3600,
         max_degradation: MAX_DEGRADATION,
         carry: true,
+        bad_from: 0,
+        guardrail: false,
     };
     let ramps: u64 = 200;
     let t = run(&aa, ramps, 1);
@@ -307,4 +369,69 @@ fn simulated_ramps_keep_their_error_rates_and_report_time_to_promote() {
         "a 2-point-worse candidate is rolled back"
     );
     println!("simulated in {:?}", started.elapsed());
+}
+
+#[test]
+fn the_exposure_estimate_is_close_to_the_users_a_candidate_turning_bad_at_the_next_step_reaches(
+) {
+    // The candidate is fine on the early steps and turns worse by twice the gate's
+    // allowance (+2 points) on step k: the estimate made when the ramp advanced to k
+    // (`next_exposure`, what `max_exposed_users` compares) against the candidate
+    // users step k really reached before the rollback.
+    let ramps: u64 = 60;
+    for bad_from in [1usize, 2, 3] {
+        let world = World {
+            users_per_second: 2000,
+            base_error: 0.02,
+            extra_error: 2.0 * MAX_DEGRADATION,
+            max_seconds: 1800,
+            max_degradation: MAX_DEGRADATION,
+            carry: true,
+            bad_from,
+            guardrail: true,
+        };
+        let mut ratios: Vec<f64> = Vec::new();
+        let (mut reached, mut missed, mut within) = (0usize, 0usize, 0usize);
+        let mut estimates: Vec<u64> = Vec::new();
+        for i in 0..ramps {
+            let (outcome, exposure) = ramp(&world, 77_000 + 1000 * bad_from as u64 + i);
+            assert!(
+                !matches!(outcome, Outcome::Promoted { .. }),
+                "a candidate worse by twice the allowance is never promoted"
+            );
+            let Some(e) = exposure else { continue };
+            reached += 1;
+            estimates.push(e.estimate.round() as u64);
+            match e.actual {
+                Some(actual) => {
+                    ratios.push(actual as f64 / e.estimate);
+                    within += usize::from(actual as f64 <= e.estimate);
+                }
+                None => missed += 1,
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        estimates.sort_unstable();
+        let q = |x: &[f64], p: f64| {
+            x.get(((x.len().max(1) - 1) as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "turns +2 points worse at {}%: {reached} of {ramps} ramps got there; estimate median {} users; caught on that step in {} ({missed} not); actual/estimate p10 {:.2}, median {:.2}, p90 {:.2}; actual within the estimate in {within}",
+            config().steps[bad_from],
+            quantile(&estimates, 0.5),
+            ratios.len(),
+            q(&ratios, 0.1),
+            q(&ratios, 0.5),
+            q(&ratios, 0.9)
+        );
+        assert!(reached >= (ramps as usize * 9) / 10, "most ramps reach step {bad_from}");
+        assert_eq!(missed, 0, "every ramp is rolled back on the step that turned bad");
+        // An estimate, not a bound: about right on the median, and within it for at
+        // least a third of the ramps.
+        let median = q(&ratios, 0.5);
+        assert!((0.5..=2.0).contains(&median), "median actual/estimate {median}");
+        assert!(3 * within >= ratios.len(), "{within} of {}", ratios.len());
+    }
 }
