@@ -1211,6 +1211,47 @@ async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_r
     let mut watch = Watch::default();
     let moving = |s: &str| s == "running" || s == "paused" || s == "completed";
 
+    // Prometheus stopped on the first step: nothing acts on stale figures, no
+    // replica advances although the hold (3 s) passes; back, the ramp goes on.
+    watch
+        .until(
+            &c,
+            &cluster.replicas,
+            "every replica on 5%",
+            Duration::from_secs(60),
+            |s, k| s == "running" && k == 0,
+        )
+        .await;
+    cluster.prometheus.kill();
+    tokio::time::sleep(Duration::from_millis(3 * TICK_MS)).await;
+    let dark = now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    watch.poll(&c, &cluster.replicas).await;
+    assert!(
+        watch.now.iter().all(|(s, k)| s == "running" && *k == 0),
+        "a replica moved on stale figures: {:?}",
+        watch.now
+    );
+    assert!(
+        !watch
+            .changes
+            .iter()
+            .any(|(t, ..)| *t >= dark - 3.0 * TICK_MS as f64 / 1000.0),
+        "{:?}",
+        watch.changes
+    );
+    let v = c
+        .get(&format!("{}/api/rollout", cluster.replicas[1].url))
+        .await
+        .unwrap()
+        .json();
+    assert!(v["waiting_for"].to_string().contains("not fresh"), "{v}");
+    eprintln!(
+        "Prometheus down 8 s on the first step: no replica moved; waiting for: {}",
+        v["waiting_for"]
+    );
+    cluster.prometheus.spawn().await;
+
     // The ramp, to its second step on every replica.
     watch
         .until(

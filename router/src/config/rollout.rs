@@ -214,7 +214,10 @@ pub(super) fn validate_rollout(
         _ => return err("on_complete", "must be \"promote\" or \"hold\""),
     };
     if raw.max_exposed_users == Some(0) {
-        return err("max_exposed_users", "must be at least 1 (leave it out for no limit)");
+        return err(
+            "max_exposed_users",
+            "must be at least 1 (leave it out for no limit)",
+        );
     }
     Ok(RolloutConfig {
         arm: raw.arm,

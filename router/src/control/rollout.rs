@@ -2131,7 +2131,9 @@ mod tests {
             ci_low: None,
             ci_high: None,
         };
-        let at = |allowance: f64, next: f64| exposure(&step, 0.05, allowance, 500, 1.0, next, 300.0, 0.0);
+        let at = |allowance: f64, next: f64| {
+            exposure(&step, 0.05, allowance, 500, 1.0, next, 300.0, 0.0)
+        };
         // More users at a larger next share; fewer with a wider allowance.
         assert!(at(0.01, 5.0) < at(0.01, 25.0) && at(0.01, 25.0) < at(0.01, 50.0));
         assert!(at(0.02, 25.0) < at(0.01, 25.0) / 3.0);
@@ -2169,8 +2171,7 @@ mod tests {
                 ci_high: None,
             });
         }
-        let (estimate, gate) =
-            next_exposure(&c, 0, 400.0, &e).unwrap_or((f64::NAN, String::new()));
+        let (estimate, gate) = next_exposure(&c, 0, 400.0, &e).unwrap_or((f64::NAN, String::new()));
         assert!(estimate.is_finite() && estimate > 0.0, "{estimate}");
         c.max_exposed_users = Some(estimate.ceil() as u64 + 1);
         assert_eq!(

@@ -11,9 +11,9 @@ use abgate_stats::{bucket_of, compare_users, BucketSums, Metric, UserCompareConf
 use std::time::Duration;
 
 use super::rollout::{combine, decide, next_exposure, Decision, Evidence, Gate, Stratum};
-use abgate_stats::guardrail::beyond_degradation;
 use crate::config::{OnComplete, RolloutConfig};
 use crate::rollout::RolloutState;
+use abgate_stats::guardrail::beyond_degradation;
 
 /// splitmix64: small, seeded, good enough for Bernoulli draws.
 struct Rng(u64);
@@ -372,8 +372,7 @@ fn simulated_ramps_keep_their_error_rates_and_report_time_to_promote() {
 }
 
 #[test]
-fn the_exposure_estimate_is_close_to_the_users_a_candidate_turning_bad_at_the_next_step_reaches(
-) {
+fn the_exposure_estimate_is_close_to_the_users_a_candidate_turning_bad_at_the_next_step_reaches() {
     // The candidate is fine on the early steps and turns worse by twice the gate's
     // allowance (+2 points) on step k: the estimate made when the ramp advanced to k
     // (`next_exposure`, what `max_exposed_users` compares) against the candidate
@@ -426,12 +425,21 @@ fn the_exposure_estimate_is_close_to_the_users_a_candidate_turning_bad_at_the_ne
             q(&ratios, 0.5),
             q(&ratios, 0.9)
         );
-        assert!(reached >= (ramps as usize * 9) / 10, "most ramps reach step {bad_from}");
-        assert_eq!(missed, 0, "every ramp is rolled back on the step that turned bad");
+        assert!(
+            reached >= (ramps as usize * 9) / 10,
+            "most ramps reach step {bad_from}"
+        );
+        assert_eq!(
+            missed, 0,
+            "every ramp is rolled back on the step that turned bad"
+        );
         // An estimate, not a bound: about right on the median, and within it for at
         // least a third of the ramps.
         let median = q(&ratios, 0.5);
-        assert!((0.5..=2.0).contains(&median), "median actual/estimate {median}");
+        assert!(
+            (0.5..=2.0).contains(&median),
+            "median actual/estimate {median}"
+        );
         assert!(3 * within >= ratios.len(), "{within} of {}", ratios.len());
     }
 }
