@@ -56,7 +56,7 @@ enum Command {
     /// Print the experiment analysis of a running router (SRM, per-arm figures,
     /// comparisons with intervals and verdicts), or with `--prometheus` the cluster's
     /// (every replica's sums, no router needed). Exit status 0, or 3 when the SRM test
-    /// alarms or any comparison is `worse`.
+    /// alarms, any comparison is `worse`, or the router's rollout was rolled back.
     Report {
         /// The router's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8080")]

@@ -93,7 +93,8 @@ pub async fn run(config_dir: PathBuf) -> Result<(), String> {
         () = &mut shutdown => None,
     };
     if let Some(router_task) = started {
-        print_banner(&router, &router_file, &arms);
+        let live = live_weights(&client, &router).await;
+        print_banner(&router, &router_file, &arms, &live);
         shutdown.await;
         tracing::info!("stopping the router, then the arms");
         let _ = stop_router.send(true);
@@ -130,7 +131,33 @@ async fn wait_ready(client: &HttpClient, specs: &[ChildSpec], need_ok: bool) {
     }
 }
 
-fn print_banner(router: &abgate_router::RouterConfig, router_file: &Path, arms: &[ChildSpec]) {
+/// The weights in force in the running router (`GET /api/config`): a rollout's step
+/// or a recorded rollback may have changed them since the file was read. Empty when
+/// the router does not answer.
+async fn live_weights(
+    client: &HttpClient,
+    router: &abgate_router::RouterConfig,
+) -> Vec<(String, f64)> {
+    let url = format!("{}/api/config", local_url(router.listen));
+    let Ok(reply) = client.get(&url).await else {
+        return Vec::new();
+    };
+    reply.json()["arms"]
+        .as_array()
+        .map(|arms| {
+            arms.iter()
+                .filter_map(|a| Some((a["name"].as_str()?.to_string(), a["weight"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn print_banner(
+    router: &abgate_router::RouterConfig,
+    router_file: &Path,
+    arms: &[ChildSpec],
+    live: &[(String, f64)],
+) {
     let front = local_url(router.listen);
     println!();
     println!("abgate is up");
@@ -144,10 +171,11 @@ fn print_banner(router: &abgate_router::RouterConfig, router_file: &Path, arms: 
         } else {
             "  (not started here)"
         };
-        println!(
-            "  {:<17} {}   weight {}{managed}",
-            arm.name, arm.url, arm.weight
-        );
+        let weight = live
+            .iter()
+            .find(|(name, _)| name == &arm.name)
+            .map_or(arm.weight, |(_, w)| *w);
+        println!("  {:<17} {}   weight {weight}{managed}", arm.name, arm.url);
     }
     for shadow in &router.shadows {
         let managed = if arms.iter().any(|a| a.name == shadow.name) {
@@ -170,6 +198,9 @@ fn print_banner(router: &abgate_router::RouterConfig, router_file: &Path, arms: 
     println!("  curl -s {front}/api/config");
     if !router.shadows.is_empty() {
         println!("  curl -s {front}/api/shadows");
+    }
+    if router.rollout.is_some() {
+        println!("  curl -s {front}/api/rollout        (the progressive rollout; the status page is {front}/)");
     }
     println!("Ctrl-C stops everything.");
     println!();

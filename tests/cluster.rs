@@ -1395,8 +1395,16 @@ async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_r
         ready.as_secs_f64()
     );
     for (what, lo, hi) in &windows {
+        // A step or the promotion each replica decides on the same figures; an
+        // operator's command reaches the others through Prometheus (a scrape, then a
+        // read: two ticks here), plus the polling and the queries on a busy machine.
+        let slack = if what == "pause" || what == "resume" {
+            1.0
+        } else {
+            0.5
+        };
         assert!(
-            hi - lo <= 2.0 * tick + 0.5,
+            hi - lo <= 2.0 * tick + slack,
             "{what}: the replicas moved {:.3}s apart (two ticks: {:.1}s)",
             hi - lo,
             2.0 * tick

@@ -345,6 +345,21 @@ async fn a_candidate_two_points_worse_on_errors_is_rolled_back_at_its_first_step
     );
     let verdict = answer.json();
     assert_eq!(verdict["verdict"], "fail", "{verdict:#}");
+    // `abgate report` says so, and exits 3 (attention) for a rolled-back rollout.
+    let report = std::process::Command::new(abgate())
+        .args(["report", "--url", &served.url])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert_eq!(report.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("candidate_model: ROLLED BACK at step 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ATTENTION: the rollout of candidate_model was rolled back"),
+        "{text}"
+    );
     println!(
         "2-point-worse candidate: rolled back after {:.1} s at 10%; {requests} requests from {users} users; {on_candidate} users were ever assigned the candidate; {}",
         took.as_secs_f64(),

@@ -5,7 +5,8 @@
 //! comparison by user with its interval and verdicts. The exit status is 0, or
 //! [`EXIT_ATTENTION`] when the SRM test alarms, some comparison is `worse` at the
 //! family's level (one error budget: α over every metric × candidate arm), or an arm's
-//! crossover exceeds [`CROSSOVER_ATTENTION`].
+//! crossover exceeds [`CROSSOVER_ATTENTION`], or the router's progressive rollout was
+//! rolled back.
 //!
 //! `abgate report --prometheus URL` ([`from_prometheus`]) renders the cluster's view
 //! without any router: the current phase's sums over every replica, read from the
@@ -539,6 +540,46 @@ pub struct RolloutSummary {
     pub evidence: Option<RolloutEvidence>,
     /// Transitions, oldest first.
     pub history: Vec<crate::rollout::Transition>,
+    /// The next step's exposure estimate.
+    pub next_exposure: Option<RolloutExposure>,
+    /// Cluster mode: the records read from Prometheus.
+    pub cluster: Option<RolloutCluster>,
+}
+
+/// `next_exposure` of `/api/rollout`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct RolloutExposure {
+    /// The next step's percent.
+    pub percent: f64,
+    /// Estimated users (`None`: no gate could catch it there).
+    pub users: Option<f64>,
+    /// The gate the estimate comes from.
+    pub gate: String,
+    /// `max_exposed_users`.
+    pub max: Option<u64>,
+}
+
+/// `cluster` of `/api/rollout`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct RolloutCluster {
+    /// Every replica's record, the superseding one first.
+    pub positions: Vec<RolloutPosition>,
+}
+
+/// One record of `cluster.positions`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct RolloutPosition {
+    /// Revision.
+    pub revision: u64,
+    /// State, snake_case.
+    pub state: String,
+    /// Step index.
+    pub step: usize,
+    /// Replicas exporting it now.
+    pub replicas: usize,
 }
 
 /// The settings of `[rollout]` the report shows.
@@ -581,17 +622,15 @@ const ROLLOUT_HISTORY_SHOWN: usize = 5;
 /// Appends the "Rollout" section to a text or Markdown `report` when the router at
 /// `url` has a `[rollout]` (`GET /api/rollout`). A router without the API (404) or
 /// without a rollout adds nothing; one that cannot be read adds a line saying so.
-/// The JSON format stays `/api/experiment`'s answer alone; the exit status is not
-/// changed.
+/// The JSON format stays `/api/experiment`'s answer alone. A rollout that was
+/// rolled back needs attention: the exit status becomes [`EXIT_ATTENTION`] (in every
+/// format).
 async fn add_rollout(
     client: &abgate_common::client::HttpClient,
     url: &str,
     format: Format,
     report: &mut Report,
 ) {
-    if format == Format::Json {
-        return;
-    }
     let target = format!("{}/api/rollout", url.trim_end_matches('/'));
     let read = match client.get(&target).await {
         Ok(reply) if reply.status == http::StatusCode::NOT_FOUND => return,
@@ -603,9 +642,26 @@ async fn add_rollout(
         Err(e) => Err(e.to_string()),
     };
     match read {
-        Ok(view) => report
-            .output
-            .push_str(&rollout_section(&view, format == Format::Markdown)),
+        Ok(view) => {
+            let rolled_back = view.state == Some(crate::rollout::RolloutState::RolledBack);
+            if rolled_back {
+                report.exit_code = EXIT_ATTENTION;
+            }
+            if format == Format::Json {
+                return;
+            }
+            report
+                .output
+                .push_str(&rollout_section(&view, format == Format::Markdown));
+            if rolled_back {
+                let _ = writeln!(
+                    report.output,
+                    "\nATTENTION: the rollout of {} was rolled back (exit status {EXIT_ATTENTION})",
+                    view.arm.as_deref().unwrap_or("the candidate")
+                );
+            }
+        }
+        Err(_) if format == Format::Json => {}
         Err(e) => {
             let _ = write!(report.output, "\nRollout: {target}: {e}\n");
         }
@@ -751,6 +807,29 @@ pub fn rollout_section(view: &RolloutSummary, markdown: bool) -> String {
         if markdown { "\n" } else { "" },
         weights.join(", ")
     );
+    if let Some(x) = &view.next_exposure {
+        let _ = writeln!(
+            out,
+            "{}Exposure at {}: {} could see a candidate worse than {}'s allowance before it is caught{}",
+            if markdown { "\n" } else { "" },
+            users_percent(x.percent),
+            x.users
+                .map_or("every user".into(), |u| format!("about {u:.0} users")),
+            x.gate,
+            x.max.map_or(String::new(), |m| format!(" (max_exposed_users {m})"))
+        );
+    }
+    if let Some(best) = view.cluster.as_ref().and_then(|c| c.positions.first()) {
+        let _ = writeln!(
+            out,
+            "{}Cluster: revision {} ({}, step {}) on {} replica(s) now",
+            if markdown { "\n" } else { "" },
+            best.revision,
+            best.state,
+            best.step + 1,
+            best.replicas
+        );
+    }
     let _ = write!(out, "\nNext decision waits for:");
     if view.waiting_for.is_empty() {
         let _ = writeln!(
@@ -937,6 +1016,9 @@ mod rollout_tests {
                             "latency not yet shown within +5.0 ms (candidate_latency, interval [-0.4 ms, +6.1 ms])"],
             "evidence": {"phase_id": "ab12", "candidate_users": 312, "srm_alarm": false, "srm_p_value": 1.0, "gates": []},
             "state_file": "/tmp/router.toml.rollout.json",
+            "next_exposure": {"percent": 25.0, "users": 2140.0, "gate": "candidate_errors", "max": 5000},
+            "cluster": {"rollout": "ab", "read_at": 1.0, "positions": [
+                {"revision": 2, "state": "running", "step": 1, "step_started_at": 1.0, "started_at": 1.0, "replicas": 3}]},
             "history": [
                 serde_json::to_value(transition(1_764_929_000.0, RolloutState::Pending, RolloutState::Running, 0, 1.0, 0, "started: candidate_model gets 1% of users")).unwrap_or_default(),
                 serde_json::to_value(transition(1_764_930_000.0, RolloutState::Running, RolloutState::Running, 1, 5.0, 540, "step 1% shown not worse; advancing to 5%")).unwrap_or_default(),
@@ -954,6 +1036,8 @@ mod rollout_tests {
             "Steps: 1% done -> [5%] -> 25% -> 50% -> 100%",
             "On this step 2 min 40 s (holds at least 5 min), 312 candidate users (500 needed)",
             "Weights: best_model 95 (95%), candidate_model 5 (5%)",
+            "Exposure at 25%: about 2140 users could see a candidate worse than candidate_errors's allowance before it is caught (max_exposed_users 5000)",
+            "Cluster: revision 2 (running, step 2) on 3 replica(s) now",
             "Next decision waits for:\n  hold 140 s more\n  candidate users 312/500\n  latency not yet shown within +5.0 ms",
             "History (the last 2 of 2, oldest first):",
             "2025-12-05 10:03:20 UTC  pending -> running at 1%: started: candidate_model gets 1% of users [controller]",

@@ -55,7 +55,11 @@ pub async fn query(
         .await
         .map_err(|reason| QueryError::Unreachable {
             url: base.to_string(),
-            reason,
+            // The client names the whole query URL; the base is enough for a person.
+            reason: reason
+                .strip_prefix(&format!("{url}: "))
+                .unwrap_or(&reason)
+                .to_string(),
         })?;
     let body = reply.json();
     if reply.status != 200 || body["status"] != "success" {

@@ -1443,6 +1443,12 @@ pub struct ExposureView {
     pub max: Option<u64>,
 }
 
+/// A percent of users for people: shares are normalised weights, so 5% reads
+/// `5.000000000000004` in floating point; nine decimals are more than a share means.
+fn tidy(percent: f64) -> f64 {
+    (percent * 1e9).round() / 1e9
+}
+
 /// The rollout's view now (the evidence and what it waits for computed fresh).
 pub fn view(router: &Router) -> RolloutView {
     // The record first: a tick that holds it may be applying its weights, and the
@@ -1466,7 +1472,7 @@ pub fn view(router: &Router) -> RolloutView {
         .map(|a| WeightView {
             arm: a.config.name.clone(),
             weight: a.config.weight,
-            percent: a.share * 100.0,
+            percent: tidy(a.share * 100.0),
         })
         .collect();
     let state_file = rollout::state_path(&active.config.path)
@@ -1499,7 +1505,7 @@ pub fn view(router: &Router) -> RolloutView {
             state: None,
             step: None,
             steps: config.steps.clone(),
-            percent: candidate_percent(&active, &config.arm),
+            percent: candidate_percent(&active, &config.arm).map(tidy),
             step_started_at: None,
             seconds_in_step: None,
             config: Some(config),
@@ -1569,7 +1575,7 @@ pub fn view(router: &Router) -> RolloutView {
         state: Some(record.state),
         step: Some(record.step),
         steps: config.steps.clone(),
-        percent: candidate_percent(&active, &config.arm),
+        percent: candidate_percent(&active, &config.arm).map(tidy),
         step_started_at: (record.step_started_at > 0.0).then_some(record.step_started_at),
         seconds_in_step: seconds,
         config: Some(config),
