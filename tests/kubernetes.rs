@@ -585,3 +585,53 @@ fn the_routers_run_in_cluster_mode_against_the_shipped_prometheus_with_a_writabl
         .unwrap();
     assert!(volume["emptyDir"].is_object(), "{volume}");
 }
+
+#[test]
+#[ignore = "needs kubectl and kubernetes-validate (installed by .ci/run)"]
+fn the_shipped_rollout_example_is_a_cluster_mode_rollout_and_the_overlay_gives_its_admin_token_from_a_secret(
+) {
+    let objects = render("overlays/example");
+    let text =
+        str_of(&find(&objects, "ConfigMap", "abgate-router")["data"]["router.toml"]).to_string();
+    // The commented example in the ConfigMap, uncommented as an operator would.
+    let (mut inside, mut example) = (false, Vec::new());
+    for line in text.lines() {
+        if line.contains("--- rollout example ---") {
+            inside = true;
+        } else if line.contains("--- end of the rollout example ---") {
+            inside = false;
+        } else if inside {
+            example.push(line.trim_start_matches('#').trim_start().to_string());
+        }
+    }
+    assert!(
+        example.len() > 8,
+        "the example is in router.toml: {example:?}"
+    );
+    let enabled = format!(
+        "{}\n{}\n",
+        text.replace("weight = 10\n", "weight = 0\n"),
+        example.join("\n")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, &enabled).unwrap();
+    let config = abgate_router::RouterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let rollout = config.rollout.clone().expect("the example has [rollout]");
+    assert!(
+        config.analysis.cluster.is_some(),
+        "cluster mode: one step for every replica"
+    );
+    assert_eq!(rollout.arm, "candidate_model");
+    assert_eq!(rollout.gates, ["candidate_errors"]);
+    assert!(rollout.max_exposed_users.is_some());
+    // The admin token comes from a Secret, never from the ConfigMap.
+    let router = find(&objects, "Deployment", "router");
+    let env = container(router)["env"].as_array().unwrap();
+    let admin = env
+        .iter()
+        .find(|e| e["name"] == "ABGATE_ROUTER_ADMIN__TOKEN")
+        .unwrap_or_else(|| panic!("no admin token in {env:?}"));
+    assert_eq!(admin["valueFrom"]["secretKeyRef"]["name"], "abgate-admin");
+    assert!(config.admin.token.is_none(), "no token in the ConfigMap");
+}

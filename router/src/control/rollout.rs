@@ -793,7 +793,13 @@ fn persist(router: &Router, config: &RouterConfig, record: &Record) {
     show(router, config, record);
     let path = rollout::state_path(&config.path);
     if let Err(e) = rollout::save(&path, record) {
-        tracing::error!(file = %path.display(), error = %e, "cannot write the rollout state; it is kept in memory only");
+        if config.analysis.cluster.is_some() {
+            // A ConfigMap directory is read-only; the cluster's records in Prometheus
+            // carry the rollout across restarts.
+            tracing::info!(file = %path.display(), error = %e, "rollout state file not written; in cluster mode Prometheus's records carry the rollout");
+        } else {
+            tracing::error!(file = %path.display(), error = %e, "cannot write the rollout state; it is kept in memory only");
+        }
     }
 }
 
