@@ -838,7 +838,11 @@ fn current<'r>(
                     }
                 }
                 let want = r.steps.get(r.step).copied().unwrap_or(0.0);
-                if now < want - 1e-6 && may_raise(router, &r, now) {
+                // In cluster mode the file may be behind the cluster (a rollback while
+                // this replica was down): the step is applied once the cluster's
+                // records were read (`align`, `adopt`), never from the file alone.
+                let cluster = router.active().config.analysis.cluster.is_some();
+                if now < want - 1e-6 && !cluster && may_raise(router, &r, now) {
                     let (file, note) = apply_percent(router, &r.arm, want);
                     tracing::info!(arm = %r.arm, percent = want, file = file_name(&file), note = note.as_deref().unwrap_or(""), "rollout step applied again after a restart");
                     r.step_started_at = unix_now();
@@ -1559,12 +1563,13 @@ pub fn view(router: &Router) -> RolloutView {
             };
             (Some(e), waiting)
         }
-        RolloutState::Pending => (
-            None,
-            vec![unseen_cluster(router, &active.config)
-                .unwrap_or_else(|| "the first tick starts the rollout".into())],
-        ),
+        RolloutState::Pending => (None, vec!["the first tick starts the rollout".into()]),
         _ => (None, Vec::new()),
+    };
+    // Cluster mode before the cluster's records were read: nothing moves here.
+    let waiting_for = match unseen_cluster(router, &active.config) {
+        Some(why) if !record.state.is_final() => vec![why],
+        _ => waiting_for,
     };
     let next_exposure = evidence.as_ref().and_then(|e| {
         let (users, gate) = next_exposure(&config, record.step, seconds.unwrap_or(0.0), e)?;
@@ -2212,6 +2217,59 @@ mod tests {
             decide(&c, RolloutState::Running, 3, 400.0, &healthy()),
             Decision::Complete
         );
+    }
+
+    #[test]
+    fn in_cluster_mode_a_restart_takes_its_step_from_the_cluster_not_from_the_state_file() {
+        let text = FILE.replace(
+            "salt = \"s\"\n",
+            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
+        );
+        let saved = |dir: &std::path::Path| {
+            let path = dir.join("router.toml");
+            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+            let config = RouterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let rollout = config
+                .rollout
+                .clone()
+                .unwrap_or_else(|| panic!("[rollout]"));
+            let mut r = Record::pending(&rollout);
+            (r.state, r.step, r.revision) = (RolloutState::Running, 1, 2);
+            (r.step_started_at, r.started_at) = (100.0, 50.0);
+            rollout::save(&rollout::state_path(&path), &r).unwrap_or_else(|e| panic!("{e}"));
+            router_at(&path)
+        };
+        // The file says step 2 (5%); the config in force has the candidate at 0.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let router = saved(dir.path());
+        tick(&router);
+        assert_eq!(router.active().config.weights(), vec![100.0, 0.0]);
+        assert!(view(&router).waiting_for[0].contains("not read yet"));
+        // The cluster agrees: the step is applied.
+        adopt(
+            &router,
+            seen(&router, vec![position(2, RolloutState::Running, 1, 100.0)]),
+        );
+        assert_eq!(router.active().config.weights(), vec![95.0, 5.0]);
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::Running);
+        // Rolled back while this replica was down: the candidate never comes back.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let router = saved(dir.path());
+        tick(&router);
+        adopt(
+            &router,
+            seen(
+                &router,
+                vec![
+                    position(2, RolloutState::Running, 1, 100.0),
+                    position(3, RolloutState::RolledBack, 1, 100.0),
+                ],
+            ),
+        );
+        tick(&router);
+        assert_eq!(state_of(&router).0, RolloutState::RolledBack);
+        assert_eq!(router.active().config.weights(), vec![100.0, 0.0]);
     }
 
     #[test]
