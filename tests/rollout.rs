@@ -3,7 +3,8 @@
 //! 100% and is promoted while no user ever moves from the candidate back to the
 //! control; a candidate failing 2% of requests is rolled back at its first step and
 //! the users exposed are reported; the control routes need the admin token; a
-//! restart mid-ramp resumes the same step.
+//! restart mid-ramp resumes the same step; traffic whose users do not match the
+//! weights (an SRM alarm) holds the ramp on its step.
 
 mod support;
 
@@ -472,4 +473,111 @@ async fn post_to(
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srm_alarm_holds_the_ramp_on_its_step() {
+    let (best, candidate) = tokio::join!(
+        ArmProcess::start("best_model"),
+        ArmProcess::start("candidate_model")
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A hold long enough for the alarm to come first; every other condition is met
+    // soon after it (healthy arms, 20 users a step).
+    let text = config_text(&best.url, &candidate.url, "[5, 50, 100]", 0.01)
+        .replace("min_step_seconds = 1\n", "min_step_seconds = 6\n");
+    let file = write_config(dir.path(), &text);
+    let served = Served::start(&file).await;
+    let c = client();
+    let running = wait_state(&served, &c, "running", Duration::from_secs(10)).await;
+    assert!(close(&running["percent"], 5.0), "{running:#}");
+    // Traffic that does not match the weights (a client, a bot filter or a cache
+    // that drops most of one arm's users): every user the hash puts on the control,
+    // one in five of the candidate's; so the candidate has about 1% of the users
+    // where the weights say 5%. Each user sends one request.
+    let split =
+        abgate_router::assignment::Split::new(&[95.0, 5.0]).unwrap_or_else(|| panic!("a split"));
+    let mut on_candidate = 0u64;
+    let users: Vec<String> = (0..40_000u64)
+        .map(|i| format!("srm-user-{i}"))
+        .filter(|key| {
+            let arm = split.pick(abgate_router::assignment::position("wine-2026-11", key));
+            on_candidate += u64::from(arm == 1);
+            arm == 0 || on_candidate % 5 == 1
+        })
+        .collect();
+    let candidate_share = users
+        .iter()
+        .filter(|k| split.pick(abgate_router::assignment::position("wine-2026-11", k)) == 1)
+        .count() as f64
+        / users.len() as f64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let users = Arc::new(users);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, next, users, url) = (
+                Arc::clone(&stop),
+                Arc::clone(&next),
+                Arc::clone(&users),
+                served.url.clone(),
+            );
+            tokio::spawn(async move {
+                let c = client();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(user) = users.get(i % users.len()) else {
+                        break;
+                    };
+                    let _ = c
+                        .post_json(
+                            &format!("{url}/predict"),
+                            &[("x-user-id", user)],
+                            predict_body(),
+                        )
+                        .await;
+                }
+            })
+        })
+        .collect();
+    // Until the hold has passed twice over: still on the first step, held by SRM.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let v = served.rollout(&c).await;
+        assert_eq!(v["state"], "running", "{v:#}");
+        assert_eq!(v["step"], 0, "the ramp advanced despite SRM: {v:#}");
+        if v["seconds_in_step"].as_f64().unwrap_or(0.0) >= 12.0 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let waiting: Vec<&str> = view["waiting_for"]
+        .as_array()
+        .map(|w| w.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        waiting.iter().any(|w| w.starts_with("SRM alarm")),
+        "{waiting:?}"
+    );
+    assert_eq!(view["evidence"]["srm_alarm"], true, "{view:#}");
+    let verdict = c
+        .get(&format!(
+            "{}/api/experiment/verdict?arm=candidate_model",
+            served.url
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json();
+    assert_eq!(verdict["verdict"], "fail", "{verdict:#}");
+    println!(
+        "SRM: the candidate had {:.2}% of the users sent (5% by the weights); held on 5% for {:.0} s; waiting for: {waiting:?}",
+        candidate_share * 100.0,
+        view["seconds_in_step"].as_f64().unwrap_or(0.0)
+    );
+    served.stop().await;
 }

@@ -283,6 +283,15 @@ pub enum Decision {
     Complete,
 }
 
+/// An anytime p-value for people: `= 4.0e-4`, or `< 1e-12` once it underflows.
+fn p_value(p: f64) -> String {
+    if p < 1e-12 {
+        "< 1e-12".into()
+    } else {
+        format!("= {p:.1e}")
+    }
+}
+
 /// A metric's short name for people.
 fn metric_name(metric: Metric) -> &'static str {
     match metric {
@@ -445,8 +454,8 @@ pub fn decide(
     }
     if evidence.srm_alarm {
         waiting.push(format!(
-            "SRM alarm (p = {:.1e}): users do not match the weights; holding (an operator can abort)",
-            evidence.srm_p_value
+            "SRM alarm (p {}): users do not match the weights; holding (an operator can abort)",
+            p_value(evidence.srm_p_value)
         ));
     }
     for g in &evidence.gates {
@@ -1629,8 +1638,8 @@ pub fn judge(arm: &str, evidence: &Evidence, rolled_back: bool) -> VerdictView {
     }
     if evidence.srm_alarm {
         fail.push(format!(
-            "SRM alarm (p = {:.1e}): users do not match the weights",
-            evidence.srm_p_value
+            "SRM alarm (p {}): users do not match the weights",
+            p_value(evidence.srm_p_value)
         ));
     }
     if evidence.gates.is_empty() {
