@@ -1207,19 +1207,10 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                 }
                 Decision::Advance { to } => {
                     let percent = record.steps.get(to).copied().unwrap_or(want);
+                    let reason = advance_reason(config, record.step, seconds, &evidence);
                     let file = apply_percent(router, &config.arm, percent);
                     record.step = to;
                     record.step_started_at = unix_now();
-                    let exposure = next_exposure(config, record.step, seconds, &evidence)
-                        .filter(|(e, _)| e.is_finite())
-                        .map_or(String::new(), |(e, gate)| {
-                            format!(" (a candidate worse than {gate}'s allowance would reach about {e:.0} users there before it could be caught)")
-                        });
-                    let reason = format!(
-                        "step {want}% shown not worse on {} candidate users{}; advancing to {percent}%{exposure}",
-                        evidence.candidate_users,
-                        gates_summary(&evidence)
-                    );
                     transition(
                         router,
                         record,
@@ -1275,6 +1266,23 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
         }
         RolloutState::Completed | RolloutState::RolledBack => record.waiting.clear(),
     }
+}
+
+/// Why the ramp advances from `step`: the step shown not worse, and what the next
+/// step could expose (the estimate `max_exposed_users` is compared with).
+fn advance_reason(config: &RolloutConfig, step: usize, seconds: f64, e: &Evidence) -> String {
+    let want = config.steps.get(step).copied().unwrap_or(0.0);
+    let next = config.steps.get(step + 1).copied().unwrap_or(100.0);
+    let exposure = next_exposure(config, step, seconds, e)
+        .filter(|(x, _)| x.is_finite())
+        .map_or(String::new(), |(x, gate)| {
+            format!(" (a candidate worse than {gate}'s allowance would reach about {x:.0} users at {next}% before it could be caught)")
+        });
+    format!(
+        "step {want}% shown not worse on {} candidate users{}; advancing to {next}%{exposure}",
+        e.candidate_users,
+        gates_summary(e)
+    )
 }
 
 fn gates_summary(e: &Evidence) -> String {
@@ -2213,6 +2221,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The advance says what the next step (5%) could expose: the estimate made
+        // on this step's evidence.
+        let reason = advance_reason(&c, 0, 400.0, &e);
+        assert!(
+            reason.ends_with(&format!(
+                "advancing to 5% (a candidate worse than {gate}'s allowance would reach about {estimate:.0} users at 5% before it could be caught)"
+            )),
+            "{reason}"
+        );
         // Without a step's own estimate the exposure is not known: hold.
         e.gates[0].step = None;
         e.gates[1].step = None;
