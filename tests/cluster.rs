@@ -1195,6 +1195,28 @@ impl Watch {
     }
 }
 
+/// `POST /api/rollout/<action>` on one replica, with the Bearer `token` if any.
+async fn command(
+    c: &HttpClient,
+    replica: &Replica,
+    action: &str,
+    token: Option<&str>,
+) -> abgate_common::client::Reply {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    c.send(
+        http::Method::POST,
+        &format!("{}/api/rollout/{action}", replica.url),
+        &headers,
+        Bytes::new(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs prometheus and haproxy (.ci/run installs them)"]
 async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_restart_takes_the_clusters_step(
@@ -1264,26 +1286,10 @@ async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_r
         .await;
 
     // An operator pauses on one replica; another refuses a command without the token.
-    let unauthorized = c
-        .send(
-            http::Method::POST,
-            &format!("{}/api/rollout/pause", cluster.replicas[1].url),
-            &[],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let unauthorized = command(&c, &cluster.replicas[1], "pause", None).await;
     assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
     let paused_at = now();
-    let r = c
-        .send(
-            http::Method::POST,
-            &format!("{}/api/rollout/pause", cluster.replicas[0].url),
-            &[("authorization", &format!("Bearer {TOKEN}"))],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let r = command(&c, &cluster.replicas[0], "pause", Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     watch
         .until(
@@ -1330,15 +1336,7 @@ async fn a_rollout_moves_every_replica_to_the_same_step_within_two_ticks_and_a_r
 
     // Resumed on another replica; then the ramp to the end.
     let resumed_at = now();
-    let r = c
-        .send(
-            http::Method::POST,
-            &format!("{}/api/rollout/resume", cluster.replicas[1].url),
-            &[("authorization", &format!("Bearer {TOKEN}"))],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let r = command(&c, &cluster.replicas[1], "resume", Some(TOKEN)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     watch
         .until(

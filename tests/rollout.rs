@@ -369,21 +369,43 @@ async fn a_candidate_two_points_worse_on_errors_is_rolled_back_at_its_first_step
     served.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_routes_need_the_token_and_a_restart_resumes_the_same_step() {
+/// Real model servers and a router ramping through 5, 50 and 100% (the config's
+/// text changed by `tweak`), once it runs its first step.
+struct FirstStep {
+    _arms: (ArmProcess, ArmProcess),
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+    served: Served,
+}
+
+async fn on_first_step(tweak: impl Fn(String) -> String) -> FirstStep {
     let (best, candidate) = tokio::join!(
         ArmProcess::start("best_model"),
         ArmProcess::start("candidate_model")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    // Users can never be enough: the ramp stays on its first step.
-    let text = config_text(&best.url, &candidate.url, "[5, 50, 100]", 0.01)
-        .replace("min_users_per_step = 20", "min_users_per_step = 1000000");
+    let text = tweak(config_text(&best.url, &candidate.url, "[5, 50, 100]", 0.01));
     let file = write_config(dir.path(), &text);
     let served = Served::start(&file).await;
-    let c = client();
-    let running = wait_state(&served, &c, "running", Duration::from_secs(10)).await;
+    let running = wait_state(&served, &client(), "running", Duration::from_secs(10)).await;
     assert!(close(&running["percent"], 5.0), "{running:#}");
+    FirstStep {
+        _arms: (best, candidate),
+        _dir: dir,
+        file,
+        served,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_routes_need_the_token_and_a_restart_resumes_the_same_step() {
+    // Users can never be enough: the ramp stays on its first step.
+    let first = on_first_step(|text| {
+        text.replace("min_users_per_step = 20", "min_users_per_step = 1000000")
+    })
+    .await;
+    let (file, served) = (first.file.clone(), first.served);
+    let c = client();
     let post = |path: &'static str, auth: Option<String>| {
         let (c, url) = (c.clone(), served.url.clone());
         async move {
@@ -451,7 +473,9 @@ async fn the_control_routes_need_the_token_and_a_restart_resumes_the_same_step()
     assert!(close(&served.rollout(&c).await["percent"], 0.0));
     served.stop().await;
     // Without a token configured, the control routes are off (403).
-    let text = text.replace(&format!("[admin]\ntoken = \"{TOKEN}\"\n"), "");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .replace(&format!("[admin]\ntoken = \"{TOKEN}\"\n"), "");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let served = Served::start(&write_config(dir.path(), &text)).await;
     let r = post_to(&c, &served.url, "/api/rollout/pause", TOKEN).await;
@@ -477,20 +501,13 @@ async fn post_to(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_srm_alarm_holds_the_ramp_on_its_step() {
-    let (best, candidate) = tokio::join!(
-        ArmProcess::start("best_model"),
-        ArmProcess::start("candidate_model")
-    );
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     // A hold long enough for the alarm to come first; every other condition is met
     // soon after it (healthy arms, 20 users a step).
-    let text = config_text(&best.url, &candidate.url, "[5, 50, 100]", 0.01)
-        .replace("min_step_seconds = 1\n", "min_step_seconds = 6\n");
-    let file = write_config(dir.path(), &text);
-    let served = Served::start(&file).await;
+    let first =
+        on_first_step(|text| text.replace("min_step_seconds = 1\n", "min_step_seconds = 6\n"))
+            .await;
+    let served = first.served;
     let c = client();
-    let running = wait_state(&served, &c, "running", Duration::from_secs(10)).await;
-    assert!(close(&running["percent"], 5.0), "{running:#}");
     // Traffic that does not match the weights (a client, a bot filter or a cache
     // that drops most of one arm's users): every user the hash puts on the control,
     // one in five of the candidate's; so the candidate has about 1% of the users

@@ -2144,6 +2144,12 @@ mod tests {
         }
     }
 
+    fn assert_at(router: &Router, state: RolloutState, step: usize, percent: f64) {
+        let (s, k, p) = state_of(router);
+        assert_eq!((s, k), (state, step));
+        assert!((p - percent).abs() < 1e-9, "{p} != {percent}");
+    }
+
     fn seen(router: &Router, positions: Vec<rollout::Position>) -> rollout::Seen {
         let mut positions = positions;
         positions.sort_by(|a, b| b.order(a));
@@ -2324,9 +2330,7 @@ mod tests {
             &router,
             seen(&router, vec![position(3, RolloutState::Running, 1, 50.0)]),
         );
-        let (state, step, percent) = state_of(&router);
-        assert_eq!((state, step), (RolloutState::Running, 1));
-        assert!((percent - 5.0).abs() < 1e-9);
+        assert_at(&router, RolloutState::Running, 1, 5.0);
         let v = view(&router);
         assert_eq!(v.history.len(), 2);
         assert_eq!(v.history[1].by, "cluster");
@@ -2355,9 +2359,7 @@ mod tests {
             &router,
             seen(&router, vec![position(3, RolloutState::Paused, 0, 30.0)]),
         );
-        let (state, step, percent) = state_of(&router);
-        assert_eq!((state, step), (RolloutState::Paused, 1));
-        assert!((percent - 5.0).abs() < 1e-9);
+        assert_at(&router, RolloutState::Paused, 1, 5.0);
         // A command here takes a revision above any seen.
         let v = act(&router, Action::Resume).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.state, Some(RolloutState::Running));
