@@ -241,6 +241,61 @@ impl Position {
     }
 }
 
+/// What a replica whose record stands at `own` does with the cluster's superseding
+/// record (see [`adoption`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adoption {
+    /// Nothing supersedes this replica's own record.
+    Keep,
+    /// The same move was made elsewhere too: only the earlier starts are taken.
+    Starts {
+        /// The step's start to take.
+        step_started_at: f64,
+        /// The rollout's start to take.
+        started_at: f64,
+    },
+    /// Take this position (a transition).
+    Take(Position),
+}
+
+/// The earlier of two start times, 0 standing for "not started".
+pub fn earliest(a: f64, b: f64) -> f64 {
+    if a > 0.0 && b > 0.0 {
+        a.min(b)
+    } else {
+        a.max(b)
+    }
+}
+
+/// The pure rule of cluster mode: what a replica at `own` takes from `best`, the
+/// record that supersedes every other the cluster has. Equal revisions can differ in
+/// step (two replicas' decisions racing an operator's command): then the higher step
+/// stands in the state taken, so no user moves back.
+pub fn adoption(own: &Position, best: &Position) -> Adoption {
+    if !best.supersedes(own) {
+        return Adoption::Keep;
+    }
+    if best.revision == own.revision && best.state == own.state && best.step == own.step {
+        return Adoption::Starts {
+            step_started_at: best.step_started_at,
+            started_at: earliest(own.started_at, best.started_at),
+        };
+    }
+    let moving = |s: RolloutState| {
+        matches!(
+            s,
+            RolloutState::Running | RolloutState::Paused | RolloutState::Completed
+        )
+    };
+    let mut take = best.clone();
+    if moving(own.state) && moving(best.state) && own.step > best.step {
+        take.step = own.step;
+        take.step_started_at = own.step_started_at;
+    }
+    take.started_at = earliest(own.started_at, best.started_at);
+    Adoption::Take(take)
+}
+
 /// The rollout's id in the cluster: the experiment's name and salt with the
 /// rollout's arm and steps, hashed (hex, so it can go into a query as it is). A
 /// rollout run again after it ended needs a new experiment name (or salt) in cluster

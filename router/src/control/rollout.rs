@@ -54,7 +54,7 @@ use crate::clock::unix_now;
 use crate::config::{step_weights, OnComplete, RolloutConfig, RouterConfig};
 use crate::error::RouterError;
 use crate::experiment::{ExperimentView, FileChange};
-use crate::rollout::{self, Record, RolloutState, Transition, MAX_HISTORY};
+use crate::rollout::{self, Adoption, Record, RolloutState, Transition, MAX_HISTORY};
 use crate::state::{Active, Router};
 use abgate_common::{ApiError, ErrorKind};
 
@@ -960,43 +960,37 @@ pub fn adopt(router: &Router, seen: rollout::Seen) {
     let record = current(router, &config, &mut slot);
     let before = persisted(record);
     let own = record.position();
-    let Some(best) = seen.best().filter(|b| b.supersedes(&own)).cloned() else {
-        align(router, &config, record);
-        if persisted(record) != before {
-            persist(router, &router.active().config, record);
+    let best = seen.best().cloned();
+    let take = match best.as_ref().map(|b| rollout::adoption(&own, b)) {
+        None | Some(Adoption::Keep) => {
+            align(router, &config, record);
+            if persisted(record) != before {
+                persist(router, &router.active().config, record);
+            }
+            return;
         }
-        return;
+        Some(Adoption::Starts {
+            step_started_at,
+            started_at,
+        }) => {
+            // The same move made here and elsewhere on the same evidence: only the
+            // earlier starts are taken, without a transition.
+            record.step_started_at = step_started_at;
+            record.started_at = started_at;
+            persist(router, &router.active().config, record);
+            return;
+        }
+        Some(Adoption::Take(take)) => take,
     };
-    if best.revision == own.revision && best.state == own.state && best.step == own.step {
-        // The same move made here and elsewhere on the same evidence: only the
-        // step's start (the earliest) is taken, without a transition.
-        record.step_started_at = best.step_started_at;
-        record.started_at = earliest(record.started_at, best.started_at);
-        persist(router, &router.active().config, record);
-        return;
-    }
-    let moving = |s: RolloutState| {
-        matches!(
-            s,
-            RolloutState::Running | RolloutState::Paused | RolloutState::Completed
-        )
-    };
-    // Equal revisions can differ in step (two replicas' decisions racing an
-    // operator's command): the higher step stands, users never move back.
-    let (step, step_started_at) = if moving(own.state) && moving(best.state) && own.step > best.step
-    {
-        (own.step, own.step_started_at)
-    } else {
-        (best.step, best.step_started_at)
-    };
-    if tripped_since_step(router, record) && best.state != RolloutState::RolledBack {
+    if tripped_since_step(router, record) && take.state != RolloutState::RolledBack {
         // A guardrail of this replica just took the candidate's users away: its own
         // rollback (next tick) supersedes whatever the others say.
         return;
     }
-    record.step = step.min(record.steps.len().saturating_sub(1));
-    record.step_started_at = step_started_at;
-    record.started_at = earliest(record.started_at, best.started_at);
+    record.step = take.step.min(record.steps.len().saturating_sub(1));
+    record.step_started_at = take.step_started_at;
+    record.started_at = take.started_at;
+    let best = take;
     let file = weights_for(router, &config, best.state, record);
     let reason = format!(
         "adopted from the cluster: revision {} ({}, step {} of {}, on {} replica(s) now)",
@@ -1010,15 +1004,6 @@ pub fn adopt(router: &Router, seen: rollout::Seen) {
     record.revision = best.revision;
     record.waiting.clear();
     persist(router, &router.active().config, record);
-}
-
-/// The earlier of two start times, 0 standing for "not started".
-fn earliest(a: f64, b: f64) -> f64 {
-    if a > 0.0 && b > 0.0 {
-        a.min(b)
-    } else {
-        a.max(b)
-    }
 }
 
 /// Applies the weights `state` on `record`'s step means: the step's share (raised
