@@ -7,6 +7,8 @@ pub mod cluster;
 pub mod guardrails;
 pub mod rollout;
 #[cfg(test)]
+mod rollout_cluster_sim;
+#[cfg(test)]
 mod rollout_sim;
 
 use std::sync::Arc;

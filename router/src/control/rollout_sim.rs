@@ -16,10 +16,10 @@ use crate::rollout::RolloutState;
 use abgate_stats::guardrail::beyond_degradation;
 
 /// splitmix64: small, seeded, good enough for Bernoulli draws.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -27,7 +27,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -70,9 +70,9 @@ struct Exposure {
     actual: Option<u64>,
 }
 
-const MAX_DEGRADATION: f64 = 0.01;
+pub(super) const MAX_DEGRADATION: f64 = 0.01;
 
-fn config() -> RolloutConfig {
+pub(super) fn config() -> RolloutConfig {
     RolloutConfig {
         arm: "candidate".into(),
         steps: vec![1.0, 5.0, 25.0, 50.0, 100.0],
@@ -216,7 +216,7 @@ fn ramp(world: &World, seed: u64) -> (Outcome, Option<Exposure>) {
     (Outcome::TimedOut { step }, missed)
 }
 
-fn quantile(sorted: &[u64], q: f64) -> u64 {
+pub(super) fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -247,7 +247,7 @@ fn run(world: &World, ramps: u64, seed: u64) -> Tally {
     t
 }
 
-const ALPHA: f64 = 0.05;
+pub(super) const ALPHA: f64 = 0.05;
 
 #[test]
 fn simulated_ramps_keep_their_error_rates_and_report_time_to_promote() {
