@@ -509,7 +509,7 @@ mod tests {
         assert!(at(4, Running, 2, 1.0).supersedes(&at(4, Running, 2, 5.0)));
         assert!(!at(4, Running, 2, 1.0).supersedes(&at(4, Running, 2, 1.0)));
         // A total order: sorting any permutation gives one first.
-        let mut all = vec![
+        let mut all = [
             at(4, Running, 2, 5.0),
             at(1, RolledBack, 0, 9.0),
             at(4, Running, 2, 1.0),
