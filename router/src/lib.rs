@@ -16,7 +16,8 @@
 //!    failover, the retry's arm, feedback's arm, what is recorded, the router's
 //!    headers); `control`: the only code that changes the live router after start-up
 //!    (guardrail rollbacks; cluster mode's reads and the trips they apply,
-//!    `control::cluster`; the progressive rollout's decisions, `control::rollout`),
+//!    `control::cluster`; the progressive rollout's decisions, `control::rollout`,
+//!    which in cluster mode also adopts the step the cluster's records say),
 //!    beside `reload` (file changes, SIGHUP) and `checker` (active health checks).
 //! 5. **State** — [`state`]: the version in force (swapped atomically) and what
 //!    outlives reloads.
@@ -25,8 +26,9 @@
 //!    [`upstream::h1`], relay, the per-thread `pool`), `experiment` (per-phase
 //!    statistics, SRM, comparisons; the record of a trip; where verdicts come from,
 //!    local or the cluster's), `cluster` (the export of the mergeable state as
-//!    Prometheus counters, and the reader of the cluster's sums), `rollout` (the
-//!    progressive rollout's state, its state file and gauges), `endpoint` and `health`
+//!    Prometheus counters, and the reader of the cluster's sums and rollout records),
+//!    `rollout` (the progressive rollout's state, its state file and gauges, and the
+//!    pure order by which replicas agree on one record), `endpoint` and `health`
 //!    (an arm's addresses and their health).
 //! 7. **Config and metrics** — [`config`] (raw file → validated, with key paths; the
 //!    one file writer in `config::edit`), `metrics` (the router's families).
