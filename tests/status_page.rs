@@ -1188,6 +1188,7 @@ const DOM_ROLLOUT: &str = r#"(() => {
     gates: [...r.querySelectorAll('[data-gate]')].map(g => [g.dataset.gate, g.dataset.gateStatus]),
     history: [...r.querySelectorAll('[data-transition]')].map(t => t.textContent),
     weights: r.querySelector('[data-rollout-weights]')?.textContent,
+    exposure: r.querySelector('[data-next-exposure]')?.dataset.nextExposure ?? null,
     text: document.getElementById('s-roll').innerText};
 })()"#;
 
@@ -1389,6 +1390,15 @@ async fn the_status_page_shows_the_rollout_step_its_next_decision_and_its_advanc
             "a running ramp shows what it waits for: {settled:#}"
         );
     }
+    // The next step's exposure, as /api/rollout has it (empty: none could be caught
+    // there, the next step being 100%).
+    let want = match &api["next_exposure"] {
+        Value::Null => Value::Null,
+        x => json!(x["users"]
+            .as_f64()
+            .map_or(String::new(), |u| format!("{u}"))),
+    };
+    assert_eq!(settled["exposure"], want, "page {settled:#}\napi {api:#}");
     b.screenshot(
         &target_dir().join("status-page-rollout-advanced-1280x800-full.png"),
         true,
