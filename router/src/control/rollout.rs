@@ -865,12 +865,22 @@ fn current<'r>(
 }
 
 /// Whether a guardrail of this process tripped on the candidate since `record`'s
-/// step started.
+/// step started or was decided (a step scheduled ahead starts after its decision).
 fn tripped_since_step(router: &Router, record: &Record) -> bool {
     router
         .experiment
         .last_trip_on(&record.arm)
-        .is_some_and(|t| t >= record.step_started_at)
+        .is_some_and(|t| t >= step_since(record))
+}
+
+/// When `record`'s step began to matter: its start, or its decision when it was
+/// scheduled ahead.
+fn step_since(record: &Record) -> f64 {
+    let decided = record
+        .history
+        .last()
+        .map_or(record.step_started_at, |t| t.time);
+    record.step_started_at.min(decided)
 }
 
 /// Whether the candidate's share `now`, below `record`'s step, may be raised to the
@@ -991,7 +1001,14 @@ pub fn adopt(router: &Router, seen: rollout::Seen) {
     record.step_started_at = take.step_started_at;
     record.started_at = take.started_at;
     let best = take;
-    let file = weights_for(router, &config, best.state, record);
+    let file = if scheduled_in(record, unix_now()).is_some() {
+        (
+            FileChange::None,
+            Some("scheduled: the weights change at the step's start, on every replica".into()),
+        )
+    } else {
+        weights_for(router, &config, best.state, record)
+    };
     let reason = format!(
         "adopted from the cluster: revision {} ({}, step {} of {}, on {} replica(s) now)",
         best.revision,
@@ -1038,9 +1055,42 @@ fn weights_for(
     }
 }
 
+/// How far ahead a step is scheduled: in cluster mode, long enough for every replica
+/// to read the decision first (the staleness window, three cluster intervals, which
+/// a scrape and a read fit in, plus a tick), so every replica changes its weights at
+/// the same moment and no user gets the candidate from one replica and the control
+/// from another; 0 on a single node (at once).
+fn lead(config: &RouterConfig) -> f64 {
+    config.analysis.cluster.as_ref().map_or(0.0, |c| {
+        c.stale_after().as_secs_f64() + crate::experiment::TICK.as_secs_f64()
+    })
+}
+
+/// Seconds until the record's step takes effect, when it is scheduled ahead.
+fn scheduled_in(record: &Record, now: f64) -> Option<f64> {
+    matches!(
+        record.state,
+        RolloutState::Running | RolloutState::Paused | RolloutState::Completed
+    )
+    .then(|| record.step_started_at - now)
+    .filter(|s| *s > 0.0)
+}
+
+/// When the control layer should tick the rollout next, if sooner than its tick: the
+/// moment a scheduled step takes effect (so every replica applies it then, not at
+/// its next tick).
+pub fn next_change_in(router: &Router) -> Option<std::time::Duration> {
+    let slot = router.rollout.lock();
+    let in_s = scheduled_in(slot.as_ref()?, unix_now())?;
+    Some(std::time::Duration::from_secs_f64(in_s))
+}
+
 /// Cluster mode, between adoptions: the record's step applied again when the config
 /// in force lacks it (a ConfigMap re-mount, a restart that kept the position).
 fn align(router: &Router, config: &RolloutConfig, record: &Record) {
+    if scheduled_in(record, unix_now()).is_some() {
+        return; // not yet: every replica applies it at its scheduled moment
+    }
     let now = candidate_percent(&router.active(), &config.arm).unwrap_or(0.0);
     let moving = matches!(
         record.state,
@@ -1082,14 +1132,23 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                 return;
             };
             let percent = config.steps[i];
-            let file = apply_percent(router, &config.arm, percent);
+            // In cluster mode the first step is scheduled ahead too: every replica
+            // starts it at the same moment.
+            let ahead = lead(&router.active().config);
+            let file = if ahead > 0.0 {
+                record.step_started_at = now + ahead;
+                record.started_at = now + ahead;
+                (FileChange::None, Some("scheduled".into()))
+            } else {
+                apply_percent(router, &config.arm, percent)
+            };
             record.step = i;
             let to = if percent >= 100.0 {
                 RolloutState::Completed
             } else {
                 RolloutState::Running
             };
-            let reason = if i == 0 {
+            let mut reason = if i == 0 {
                 format!("started: {} gets {percent}% of users", config.arm)
             } else {
                 format!(
@@ -1098,6 +1157,9 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                     config.arm
                 )
             };
+            if ahead > 0.0 {
+                reason.push_str(&format!(" in {ahead:.0} s, on every replica at once"));
+            }
             transition(router, record, to, reason, By::Controller, None, file);
             record.waiting.clear();
         }
@@ -1107,11 +1169,14 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
             let Some(now_percent) = candidate_percent(&active, &config.arm) else {
                 return;
             };
-            if active
+            // A weight of 0 is a rollback outside the rollout, unless the step is
+            // still scheduled (a first step from 0 not yet in effect) and no guardrail
+            // tripped since it was decided.
+            let zero = active
                 .config
                 .arm_index(&config.arm)
-                .is_some_and(|i| active.config.arms[i].weight == 0.0)
-            {
+                .is_some_and(|i| active.config.arms[i].weight == 0.0);
+            if zero && (scheduled_in(record, now).is_none() || tripped_since_step(router, record)) {
                 let mut evidence = evidence(
                     router,
                     &active,
@@ -1122,7 +1187,7 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                 let why = evidence
                     .last_trip
                     .as_ref()
-                    .filter(|(at, _)| *at >= record.step_started_at)
+                    .filter(|(at, _)| *at >= step_since(record))
                     .map_or(
                         "a config edit (no guardrail tripped on the step)",
                         |(_, t)| t.as_str(),
@@ -1142,6 +1207,15 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                     Some(&evidence),
                     (FileChange::None, None),
                 );
+                return;
+            }
+            if let Some(in_s) = scheduled_in(record, now) {
+                // Scheduled ahead (cluster mode): the previous step's weights stay
+                // until every replica changes them together.
+                record.waiting = vec![format!(
+                    "step {want}% begins in {:.0} s, on every replica at once",
+                    in_s.ceil()
+                )];
                 return;
             }
             if (now_percent - want).abs() > 1e-6 {
@@ -1192,10 +1266,18 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                 }
                 Decision::Advance { to } => {
                     let percent = record.steps.get(to).copied().unwrap_or(want);
-                    let reason = advance_reason(config, record.step, seconds, &evidence);
-                    let file = apply_percent(router, &config.arm, percent);
+                    let mut reason = advance_reason(config, record.step, seconds, &evidence);
+                    let ahead = lead(&active.config);
+                    let file = if ahead > 0.0 {
+                        reason.push_str(&format!(
+                            "; scheduled {ahead:.0} s ahead, so every replica moves at once"
+                        ));
+                        (FileChange::None, Some("scheduled".into()))
+                    } else {
+                        apply_percent(router, &config.arm, percent)
+                    };
                     record.step = to;
-                    record.step_started_at = unix_now();
+                    record.step_started_at = unix_now() + ahead;
                     transition(
                         router,
                         record,
@@ -1210,14 +1292,25 @@ fn step(router: &Router, config: &RolloutConfig, record: &mut Record) {
                 Decision::Complete => {
                     let promote = config.on_complete == OnComplete::Promote
                         || record.steps.get(record.step + 1).is_some();
+                    let ahead = lead(&active.config);
                     let (file, reason) = if promote {
                         (
-                            apply_percent(router, &config.arm, 100.0),
+                            if ahead > 0.0 {
+                                record.step_started_at = unix_now() + ahead;
+                                (FileChange::None, Some("scheduled".into()))
+                            } else {
+                                apply_percent(router, &config.arm, 100.0)
+                            },
                             format!(
-                                "step {want}% shown not worse on {} candidate users{}; promoted: {} takes every user",
+                                "step {want}% shown not worse on {} candidate users{}; promoted: {} takes every user{}",
                                 evidence.candidate_users,
                                 gates_summary(&evidence),
-                                config.arm
+                                config.arm,
+                                if ahead > 0.0 {
+                                    format!(" ({ahead:.0} s ahead, on every replica at once)")
+                                } else {
+                                    String::new()
+                                }
                             ),
                         )
                     } else {
@@ -1568,9 +1661,25 @@ pub fn view(router: &Router) -> RolloutView {
         RolloutState::Pending => (None, vec!["the first tick starts the rollout".into()]),
         _ => (None, Vec::new()),
     };
-    // Cluster mode before the cluster's records were read: nothing moves here.
-    let waiting_for = match unseen_cluster(router, &active.config) {
-        Some(why) if !record.state.is_final() => vec![why],
+    // Cluster mode before the cluster's records were read: nothing moves here; a
+    // step scheduled ahead waits for its moment.
+    let waiting_for = match (
+        unseen_cluster(router, &active.config),
+        scheduled_in(&record, unix_now()),
+    ) {
+        (Some(why), _) if !record.state.is_final() => vec![why],
+        (_, Some(in_s)) => vec![format!(
+            "{} begins in {:.0} s, on every replica at once",
+            if record.state == RolloutState::Completed {
+                "the promotion".to_string()
+            } else {
+                format!(
+                    "step {}%",
+                    config.steps.get(record.step).copied().unwrap_or(0.0)
+                )
+            },
+            in_s.ceil()
+        )],
         _ => waiting_for,
     };
     let next_exposure = evidence.as_ref().and_then(|e| {
@@ -2234,6 +2343,60 @@ mod tests {
             decide(&c, RolloutState::Running, 3, 400.0, &healthy()),
             Decision::Complete
         );
+    }
+
+    #[test]
+    fn in_cluster_mode_a_step_scheduled_ahead_changes_the_weights_only_at_its_moment() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("router.toml");
+        let text = FILE.replace(
+            "salt = \"s\"\n",
+            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
+        );
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let router = router_at(&path);
+        adopt(&router, seen(&router, vec![]));
+        tick(&router);
+        // Even the first step is scheduled (three 5 s intervals and a tick ahead).
+        assert_at(&router, RolloutState::Running, 0, 0.0);
+        let v = view(&router);
+        assert!(
+            v.waiting_for[0].starts_with("step 1% begins in 16 s"),
+            "{:?}",
+            v.waiting_for
+        );
+        assert!(v.history[0]
+            .reason
+            .ends_with("in 16 s, on every replica at once"));
+        // Another replica decided step 2 to begin in an hour: the record takes it,
+        // the weights stay until then, and the view says when.
+        let later = unix_now() + 3600.0;
+        adopt(
+            &router,
+            seen(&router, vec![position(2, RolloutState::Running, 1, later)]),
+        );
+        tick(&router);
+        let v = view(&router);
+        assert_eq!((v.state, v.step), (Some(RolloutState::Running), Some(1)));
+        assert_eq!(router.active().config.weights(), vec![100.0, 0.0]);
+        assert!(
+            v.waiting_for[0].starts_with("step 5% begins in 3600 s"),
+            "{:?}",
+            v.waiting_for
+        );
+        let due = next_change_in(&router).map_or(0.0, |d| d.as_secs_f64());
+        assert!(due > 3590.0 && due <= 3600.0, "{due}");
+        // Its moment (here: a record whose start has passed) applies the weights.
+        adopt(
+            &router,
+            seen(
+                &router,
+                vec![position(3, RolloutState::Running, 1, unix_now() - 1.0)],
+            ),
+        );
+        tick(&router);
+        assert_at(&router, RolloutState::Running, 1, 5.0);
+        assert_eq!(next_change_in(&router), None);
     }
 
     #[test]
