@@ -49,6 +49,9 @@ struct Replica {
     seen_revision: u64,
     tick_offset: f64,
     read_offset: f64,
+    /// The weights in force: the step whose phase records its users (none before
+    /// the first step, after a rollback or the promotion) and the candidate's percent.
+    applied: (Option<usize>, f64),
 }
 
 /// One step's (phase's) statistics, summed over the replicas.
@@ -67,6 +70,8 @@ struct Outcome {
     longest_apart: f64,
     /// A replica lowered the candidate's share without a rollback.
     moved_back: bool,
+    /// The longest time the replicas' shares in force differed.
+    shares_apart: f64,
 }
 
 fn start() -> Position {
@@ -171,6 +176,7 @@ fn ramp(world: &World, seed: u64) -> Outcome {
             seen_revision: 0,
             tick_offset: rng.unit() * TICK,
             read_offset: rng.unit() * world.interval,
+            applied: (None, 0.0),
         })
         .collect();
     let scrape_offset = rng.unit() * world.scrape;
@@ -187,6 +193,13 @@ fn ramp(world: &World, seed: u64) -> Outcome {
     // Every record Prometheus has scraped, with its earliest step start.
     let mut store: Vec<Position> = Vec::new();
     let (mut longest_apart, mut moved_back) = (0.0f64, false);
+    let (mut shares_apart, mut shares_since) = (0.0f64, None::<f64>);
+    // Cluster mode schedules a step ahead (three intervals and a tick).
+    let lead = if world.replicas > 1 {
+        3.0 * world.interval + TICK
+    } else {
+        0.0
+    };
     // The latest move: its (revision, state, step), when it appeared, whether every
     // replica is on it.
     let mut current: (Option<(u64, RolloutState, usize)>, f64, bool) = (None, 0.0, true);
@@ -194,17 +207,17 @@ fn ramp(world: &World, seed: u64) -> Outcome {
     let mut t = 0.0;
     while t < world.max_seconds {
         t += DT;
-        let before: Vec<f64> = replicas.iter().map(|r| percent(&config, &r.pos)).collect();
-        // Users, each to a random replica, on that replica's step.
+        let before: Vec<f64> = replicas.iter().map(|r| r.applied.1).collect();
+        // Users, each to a random replica, on the weights in force there.
         for _ in 0..per_dt {
             let r = &replicas[(rng.next() % world.replicas as u64) as usize];
             let user = rng.next();
             let bucket = bucket_of(user);
-            let on_candidate = rng.unit() * 100.0 < percent(&config, &r.pos);
-            if !matches!(r.pos.state, RolloutState::Running | RolloutState::Paused) {
+            let on_candidate = rng.unit() * 100.0 < r.applied.1;
+            let Some(step) = r.applied.0 else {
                 continue;
-            }
-            let phase = live.entry(r.pos.step).or_default();
+            };
+            let phase = live.entry(step).or_default();
             if on_candidate {
                 let error = rng.unit() < world.base_error + world.extra_error;
                 phase.candidate.push_bool(bucket, error);
@@ -279,8 +292,8 @@ fn ramp(world: &World, seed: u64) -> Outcome {
                         revision,
                         state: RolloutState::Running,
                         step: 0,
-                        step_started_at: t,
-                        started_at: t,
+                        step_started_at: t + lead,
+                        started_at: t + lead,
                         replicas: 1,
                     };
                 }
@@ -290,7 +303,8 @@ fn ramp(world: &World, seed: u64) -> Outcome {
                     match decide(&config, RolloutState::Running, r.pos.step, seconds, &e) {
                         Decision::Hold(_) => {}
                         Decision::Advance { to } => {
-                            (r.pos.revision, r.pos.step, r.pos.step_started_at) = (revision, to, t);
+                            (r.pos.revision, r.pos.step, r.pos.step_started_at) =
+                                (revision, to, t + lead);
                         }
                         Decision::RollBack(_) => {
                             (r.pos.revision, r.pos.state) = (revision, RolloutState::RolledBack);
@@ -298,17 +312,40 @@ fn ramp(world: &World, seed: u64) -> Outcome {
                         Decision::Complete => {
                             (r.pos.revision, r.pos.state, r.pos.step) =
                                 (revision, RolloutState::Completed, config.steps.len() - 1);
-                            r.pos.step_started_at = t;
+                            r.pos.step_started_at = t + lead;
                         }
                     }
                 }
                 _ => {}
             }
         }
-        // Invariants: never a lower share short of a rollback; how long apart.
+        // The weights in force: a rollback at once, a step at its scheduled moment.
+        for r in &mut replicas {
+            match r.pos.state {
+                RolloutState::RolledBack => r.applied = (None, 0.0),
+                RolloutState::Pending => {}
+                s if t >= r.pos.step_started_at => {
+                    let step = (s != RolloutState::Completed).then_some(r.pos.step);
+                    r.applied = (step, percent(&config, &r.pos));
+                }
+                _ => {}
+            }
+        }
+        // Invariants: never a lower share short of a rollback; how long the shares in
+        // force differ between replicas.
         for (r, was) in replicas.iter().zip(&before) {
-            let now = percent(&config, &r.pos);
-            moved_back |= now < *was - 1e-9 && r.pos.state != RolloutState::RolledBack;
+            moved_back |= r.applied.1 < *was - 1e-9 && r.pos.state != RolloutState::RolledBack;
+        }
+        let same_share = replicas
+            .iter()
+            .all(|r| (r.applied.1 - replicas[0].applied.1).abs() < 1e-9);
+        match (same_share, shares_since) {
+            (false, None) => shares_since = Some(t),
+            (true, Some(since)) => {
+                shares_apart = shares_apart.max(t - since);
+                shares_since = None;
+            }
+            _ => {}
         }
         // A move: a record that supersedes every replica's appears on one of them;
         // how long until every replica is on it (unless a newer move replaces it).
@@ -334,6 +371,7 @@ fn ramp(world: &World, seed: u64) -> Outcome {
                 seconds: t,
                 longest_apart,
                 moved_back,
+                shares_apart,
             };
         }
     }
@@ -358,6 +396,7 @@ fn ramp(world: &World, seed: u64) -> Outcome {
             longest_apart.max(t - current.1)
         },
         moved_back,
+        shares_apart: shares_apart.max(shares_since.map_or(0.0, |s| t - s)),
     }
 }
 
@@ -367,6 +406,7 @@ struct Tally {
     other: usize,
     longest_apart: f64,
     moved_back: usize,
+    shares_apart: f64,
 }
 
 fn run(world: &World, ramps: u64, seed: u64) -> Tally {
@@ -376,6 +416,7 @@ fn run(world: &World, ramps: u64, seed: u64) -> Tally {
         other: 0,
         longest_apart: 0.0,
         moved_back: 0,
+        shares_apart: 0.0,
     };
     for i in 0..ramps {
         let o = ramp(world, seed.wrapping_mul(1_000_003).wrapping_add(i));
@@ -386,6 +427,7 @@ fn run(world: &World, ramps: u64, seed: u64) -> Tally {
         }
         t.longest_apart = t.longest_apart.max(o.longest_apart);
         t.moved_back += usize::from(o.moved_back);
+        t.shares_apart = t.shares_apart.max(o.shares_apart);
     }
     t.promoted.sort_unstable();
     t
@@ -437,7 +479,7 @@ fn three_replicas_move_together_and_keep_a_single_nodes_error_rates() {
         let t = run(&aa, ramps, 11);
         let bound = scrape + interval + TICK;
         println!(
-            "3 replicas, {label}, A/A with an operator's pause and resume: {} of {ramps} promoted, {} rolled back, {} not together; time to promote p10 {} s, median {} s, p90 {} s; every move on every replica within {:.2} s (bound {bound:.0} s); {} ramps with a replica lowering its share",
+            "3 replicas, {label}, A/A with an operator's pause and resume: {} of {ramps} promoted, {} rolled back, {} not together; time to promote p10 {} s, median {} s, p90 {} s; every move on every replica within {:.2} s (bound {bound:.0} s); shares in force apart at most {:.2} s; {} ramps with a replica lowering its share",
             t.promoted.len(),
             t.rolled_back,
             t.other,
@@ -445,9 +487,17 @@ fn three_replicas_move_together_and_keep_a_single_nodes_error_rates() {
             quantile(&t.promoted, 0.5),
             quantile(&t.promoted, 0.9),
             t.longest_apart,
+            t.shares_apart,
             t.moved_back
         );
         assert_eq!(t.moved_back, 0, "a replica lowered the candidate's share");
+        // Scheduled ahead of any propagation, every replica changes its weights at
+        // the same moment.
+        assert!(
+            t.shares_apart <= DT + 1e-9,
+            "shares apart {:.2} s",
+            t.shares_apart
+        );
         assert_eq!(t.other, 0, "every ramp ends with the replicas together");
         assert!(
             t.longest_apart <= bound + 2.0 * DT,
