@@ -189,7 +189,8 @@ fn rollout_plan(config: &RouterConfig) -> Option<String> {
     if config.analysis.cluster.is_some() {
         let _ = writeln!(
             out,
-            "  cluster mode: every replica takes the step the cluster's records in Prometheus say (a rollout run again needs a new experiment.name)"
+            "  cluster mode: every replica takes the step the cluster's records in Prometheus say, each step scheduled {:.0} s ahead so all change their weights together (a rollout run again needs a new experiment.name)",
+            crate::control::rollout::lead(config)
         );
     }
     if !config.analysis.statistics {

@@ -1060,7 +1060,7 @@ fn weights_for(
 /// a scrape and a read fit in, plus a tick), so every replica changes its weights at
 /// the same moment and no user gets the candidate from one replica and the control
 /// from another; 0 on a single node (at once).
-fn lead(config: &RouterConfig) -> f64 {
+pub fn lead(config: &RouterConfig) -> f64 {
     config.analysis.cluster.as_ref().map_or(0.0, |c| {
         c.stale_after().as_secs_f64() + crate::experiment::TICK.as_secs_f64()
     })
