@@ -2238,6 +2238,17 @@ mod tests {
         }
     }
 
+    /// [`FILE`] in cluster mode (a Prometheus nobody answers at), written in `dir`.
+    fn write_cluster_config(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("router.toml");
+        let text = FILE.replace(
+            "salt = \"s\"\n",
+            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
+        );
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
     fn assert_at(router: &Router, state: RolloutState, step: usize, percent: f64) {
         let (s, k, p) = state_of(router);
         assert_eq!((s, k), (state, step));
@@ -2348,13 +2359,7 @@ mod tests {
     #[test]
     fn in_cluster_mode_a_step_scheduled_ahead_changes_the_weights_only_at_its_moment() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("router.toml");
-        let text = FILE.replace(
-            "salt = \"s\"\n",
-            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
-        );
-        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        let router = router_at(&path);
+        let router = router_at(&write_cluster_config(dir.path()));
         adopt(&router, seen(&router, vec![]));
         tick(&router);
         // Even the first step is scheduled (three 5 s intervals and a tick ahead).
@@ -2401,13 +2406,8 @@ mod tests {
 
     #[test]
     fn in_cluster_mode_a_restart_takes_its_step_from_the_cluster_not_from_the_state_file() {
-        let text = FILE.replace(
-            "salt = \"s\"\n",
-            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
-        );
         let saved = |dir: &std::path::Path| {
-            let path = dir.join("router.toml");
-            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+            let path = write_cluster_config(dir);
             let config = RouterConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             let rollout = config
                 .rollout
@@ -2455,13 +2455,7 @@ mod tests {
     #[test]
     fn in_cluster_mode_the_position_that_supersedes_is_adopted_and_users_never_move_back() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("router.toml");
-        let text = FILE.replace(
-            "salt = \"s\"\n",
-            "salt = \"s\"\nprometheus_url = \"http://127.0.0.1:9\"\n",
-        );
-        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        let router = router_at(&path);
+        let router = router_at(&write_cluster_config(dir.path()));
         // Before the cluster's records were read once, nothing starts here.
         tick(&router);
         assert_eq!(state_of(&router).0, RolloutState::Pending);
