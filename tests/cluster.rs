@@ -32,8 +32,7 @@ mod support;
 
 use abgate_common::client::HttpClient;
 use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -162,128 +161,6 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
-/// The candidate's model server behind a front that answers 500 to every
-/// `1 / fail_every`-th prediction (0: none), echoing the request id as the arm would.
-struct FaultyFront {
-    url: String,
-    fail_every: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl FaultyFront {
-    async fn start(upstream: &str) -> FaultyFront {
-        let (listener, url) = listen().await;
-        let fail_every = Arc::new(AtomicU64::new(0));
-        let seen = Arc::new(AtomicU64::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let upstream = upstream.to_string();
-        let (every, client) = (
-            Arc::clone(&fail_every),
-            HttpClient::new(Duration::from_secs(10)),
-        );
-        tokio::spawn(abgate_common::http::serve(
-            listener,
-            move |req: http::Request<hyper::body::Incoming>| {
-                let (every, seen, client, upstream) = (
-                    Arc::clone(&every),
-                    Arc::clone(&seen),
-                    client.clone(),
-                    upstream.clone(),
-                );
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let header = |n: &str| {
-                        parts
-                            .headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    let request_id = header("x-request-id");
-                    let n = every.load(Ordering::Relaxed);
-                    if parts.uri.path() == "/predict"
-                        && n > 0
-                        && seen.fetch_add(1, Ordering::Relaxed) % n == 0
-                    {
-                        let mut r = Response::new(Full::new(Bytes::from_static(
-                            b"{\"error\":\"injected\",\"kind\":\"internal\"}",
-                        )));
-                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
-                            r.headers_mut().insert("x-request-id", v);
-                        }
-                        return r;
-                    }
-                    let mut headers: Vec<(String, String)> = Vec::new();
-                    for name in ["content-type", "x-request-id", "x-user-id"] {
-                        let v = header(name);
-                        if !v.is_empty() {
-                            headers.push((name.to_string(), v));
-                        }
-                    }
-                    let refs: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    let target = format!("{upstream}{}", parts.uri.path());
-                    match client
-                        .send(parts.method.clone(), &target, &refs, body)
-                        .await
-                    {
-                        Ok(reply) => {
-                            let mut r = Response::new(Full::new(reply.body));
-                            *r.status_mut() = reply.status;
-                            for (k, v) in &reply.headers {
-                                if !["content-length", "transfer-encoding", "connection"]
-                                    .contains(&k.as_str())
-                                {
-                                    r.headers_mut().insert(k.clone(), v.clone());
-                                }
-                            }
-                            r
-                        }
-                        Err(_) => {
-                            let mut r = Response::new(Full::new(Bytes::new()));
-                            *r.status_mut() = StatusCode::BAD_GATEWAY;
-                            r
-                        }
-                    }
-                }
-            },
-            async {
-                let _ = stopped.await;
-            },
-            abgate_common::http::ServeOptions {
-                shutdown_grace: Duration::from_millis(100),
-                ..Default::default()
-            },
-        ));
-        FaultyFront {
-            url,
-            fail_every,
-            stop: Some(stop),
-        }
-    }
-
-    fn fail_every(&self, n: u64) {
-        self.fail_every.store(n, Ordering::Relaxed);
-    }
-}
-
-impl Drop for FaultyFront {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
 /// One replica: an `abgate router` process whose config is a ConfigMap-style symlink
 /// (`router.toml -> ..data/router.toml`: a rollback stays in memory), its audit log
 /// beside it.
@@ -319,15 +196,10 @@ impl Replica {
 
     /// Starts the process; returns once it answers `/api/health` with 200.
     async fn start(&mut self) {
-        let child = Command::new(abgate())
-            .args(["router", "--config"])
-            .arg(self.dir.path().join("router.toml"))
-            .env("ABGATE_ROUTER_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
-        self.child = Some(child);
+        self.child = Some(spawn_router(
+            &self.dir.path().join("router.toml"),
+            self.port,
+        ));
         wait_ok(&format!("{}/api/health", self.url), Duration::from_secs(30)).await;
     }
 

@@ -227,78 +227,6 @@ async fn send(url: &str, planned: Vec<Planned>, workers: usize) -> usize {
     ok
 }
 
-/// A proxy in front of `upstream` that answers 500 (`internal`) instead of forwarding
-/// one `/predict` in `every` (counted per process, so independent of the user) and
-/// forwards everything else: the same model, `1/every` worse on errors.
-async fn failing_proxy(upstream: String, every: u64) -> (String, tokio::sync::oneshot::Sender<()>) {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    let (listener, url) = listen().await;
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let client = HttpClient::new(Duration::from_secs(15));
-    tokio::spawn(abgate_common::http::serve(
-        listener,
-        move |req: http::Request<hyper::body::Incoming>| {
-            let (counter, client, upstream) =
-                (Arc::clone(&counter), client.clone(), upstream.clone());
-            async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let path = parts.uri.path().to_string();
-                if path == "/predict"
-                    && (counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1) % every == 0
-                {
-                    let mut r = http::Response::new(Full::new(Bytes::from_static(
-                        b"{\"error\":{\"type\":\"internal\",\"message\":\"injected\"}}",
-                    )));
-                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    return r;
-                }
-                let user = parts
-                    .headers
-                    .get("x-user-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let headers: Vec<(&str, &str)> = if user.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![("x-user-id", user.as_str())]
-                };
-                let reply = if parts.method == http::Method::GET {
-                    client.get(&format!("{upstream}{path}")).await
-                } else {
-                    client
-                        .post_json(&format!("{upstream}{path}"), &headers, body)
-                        .await
-                };
-                match reply {
-                    Ok(r) => {
-                        let mut out = http::Response::new(Full::new(r.body));
-                        *out.status_mut() = r.status;
-                        out
-                    }
-                    Err(_) => {
-                        let mut out = http::Response::new(Full::new(Bytes::new()));
-                        *out.status_mut() = http::StatusCode::BAD_GATEWAY;
-                        out
-                    }
-                }
-            }
-        },
-        async {
-            let _ = stopped.await;
-        },
-        abgate_common::http::ServeOptions::default(),
-    ));
-    (url, stop)
-}
-
 /// Heavy-user traffic (`requests`, seeded) through a 90/10 router to `control` and
 /// `candidate`; returns the experiment view and `abgate report`'s exit status.
 async fn heavy_run(control: &str, candidate: &str, requests: usize) -> (Value, Option<i32>) {
@@ -394,8 +322,9 @@ async fn a_candidate_2_points_worse_under_the_same_heavy_traffic_is_worse() {
     // verdict is at the family's level (α / 5). At 60,000 requests the family verdict
     // was measured borderline (95% interval [+0.5, +3.5] points, family not yet), so
     // whether it showed depended on which requests the proxy failed.
-    let (flaky, _stop) = failing_proxy(shared.url.clone(), 50).await;
-    let (view, exit) = heavy_run(&shared.url, &flaky, 120_000).await;
+    let flaky = FaultyFront::start(&shared.url).await;
+    flaky.fail_every(50);
+    let (view, exit) = heavy_run(&shared.url, &flaky.url, 120_000).await;
     assert_eq!(family_verdict(&view, "error_rate"), "worse");
     assert_eq!(view["family"]["any_worse"], true);
     for metric in ["absolute_error", "rating", "accurate_share"] {

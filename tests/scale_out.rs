@@ -134,14 +134,7 @@ struct Replica {
 impl Replica {
     async fn start(name: &str, config: &Path) -> Replica {
         let port = free_port();
-        let child = Command::new(abgate())
-            .args(["router", "--config"])
-            .arg(config)
-            .env("ABGATE_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let child = spawn_router(config, port);
         let url = format!("http://127.0.0.1:{port}");
         wait_ok(&format!("{url}/api/health"), Duration::from_secs(30)).await;
         Replica {

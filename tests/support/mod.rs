@@ -401,6 +401,19 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Spawns `abgate router --config <config>` listening on `port` (the environment
+/// overrides the file's `listen`), quiet; the caller waits for it to answer.
+pub fn spawn_router(config: &Path, port: u16) -> Child {
+    Command::new(abgate())
+        .args(["router", "--config"])
+        .arg(config)
+        .env("ABGATE_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the router: {e}"))
+}
+
 /// A real `abgate router` process on a free port, killed on drop.
 pub struct RouterProcess {
     pub url: String,
@@ -526,6 +539,133 @@ impl FlakyArm {
 }
 
 impl Drop for FlakyArm {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A model server behind a front that answers 500 (`internal`) to every
+/// `fail_every`-th `/predict` (counted per process, so independent of the user; 0:
+/// none, settable while it runs) and forwards everything else, echoing the request id
+/// as the arm would: the same model, `1 / fail_every` worse on errors.
+pub struct FaultyFront {
+    /// Its URL.
+    pub url: String,
+    fail_every: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FaultyFront {
+    /// A front to `upstream`, failing nothing yet.
+    pub async fn start(upstream: &str) -> FaultyFront {
+        let (listener, url) = listen().await;
+        let fail_every = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let upstream = upstream.to_string();
+        let (every, client) = (
+            Arc::clone(&fail_every),
+            HttpClient::new(Duration::from_secs(10)),
+        );
+        tokio::spawn(abgate_common::http::serve(
+            listener,
+            move |req: Request<Incoming>| {
+                let (every, seen, client, upstream) = (
+                    Arc::clone(&every),
+                    Arc::clone(&seen),
+                    client.clone(),
+                    upstream.clone(),
+                );
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let header = |n: &str| {
+                        parts
+                            .headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let request_id = header("x-request-id");
+                    let n = every.load(Ordering::Relaxed);
+                    if parts.uri.path() == "/predict"
+                        && n > 0
+                        && seen.fetch_add(1, Ordering::Relaxed) % n == 0
+                    {
+                        let mut r = Response::new(Full::new(Bytes::from_static(
+                            b"{\"error\":{\"type\":\"internal\",\"message\":\"injected\"}}",
+                        )));
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                            r.headers_mut().insert("x-request-id", v);
+                        }
+                        return r;
+                    }
+                    let mut headers: Vec<(String, String)> = Vec::new();
+                    for name in ["content-type", "x-request-id", "x-user-id"] {
+                        let v = header(name);
+                        if !v.is_empty() {
+                            headers.push((name.to_string(), v));
+                        }
+                    }
+                    let refs: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let target = format!("{upstream}{}", parts.uri.path());
+                    match client
+                        .send(parts.method.clone(), &target, &refs, body)
+                        .await
+                    {
+                        Ok(reply) => {
+                            let mut r = Response::new(Full::new(reply.body));
+                            *r.status_mut() = reply.status;
+                            for (k, v) in &reply.headers {
+                                if !["content-length", "transfer-encoding", "connection"]
+                                    .contains(&k.as_str())
+                                {
+                                    r.headers_mut().insert(k.clone(), v.clone());
+                                }
+                            }
+                            r
+                        }
+                        Err(_) => {
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    }
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+            abgate_common::http::ServeOptions {
+                shutdown_grace: Duration::from_millis(100),
+                ..Default::default()
+            },
+        ));
+        FaultyFront {
+            url,
+            fail_every,
+            stop: Some(stop),
+        }
+    }
+
+    /// Fails every `n`-th prediction from now on (0: none).
+    pub fn fail_every(&self, n: u64) {
+        self.fail_every.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FaultyFront {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
